@@ -1,0 +1,41 @@
+// The `moe` command: dispatches to one subcommand per file.
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "cli/commands.h"
+#include "core/check.h"
+
+namespace {
+void usage(FILE* out) {
+    std::fprintf(out,
+                 "usage: moe COMMAND [options]\n\n"
+                 "commands:\n"
+                 "  demo      train a small language model on the default corpus and show it learning\n"
+                 "  train     train a model from a config file\n"
+                 "  info      list the tensors and metadata of a safetensors checkpoint\n\n"
+                 "Run 'moe COMMAND --help' for the options of a command.\n");
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+    if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    const std::string cmd = argv[1];
+    try {
+        if (cmd == "demo") return moe::cli::run_demo(argc - 1, argv + 1);
+        if (cmd == "train") return moe::cli::run_train(argc - 1, argv + 1);
+        if (cmd == "info") return moe::cli::run_info(argc - 1, argv + 1);
+    } catch (const moe::Error& e) {
+        std::fprintf(stderr, "moe %s: error: %s\n", cmd.c_str(), e.what());
+        return 1;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "moe %s: error: %s\n", cmd.c_str(), e.what());
+        return 1;
+    }
+    std::fprintf(stderr, "moe: unknown command '%s'\n\n", cmd.c_str());
+    usage(stderr);
+    return 2;
+}

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs every system dependency of moe.cpp, and only what is missing, so it is safe to
+# run before every build. Debian packages only, plus one small PyPI package (safetensors)
+# in a project-local virtual environment for the interoperability test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(
+    g++ cmake make pkg-config
+    libdnnl-dev                    # oneDNN: the GEMM backend
+    libopenmpi-dev openmpi-bin     # MPI for distributed runs
+    libgtest-dev libgmock-dev      # tests
+    libbenchmark-dev               # microbenchmarks
+    nlohmann-json3-dev             # config files and safetensors headers
+    zlib1g-dev                     # gzip-compressed IDX images
+    python3 python3-torch python3-numpy python3-venv python3-pip   # PyTorch fixtures
+    fortunes                       # text corpus
+    dataset-fashion-mnist          # image data
+)
+
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if ((${#missing[@]})); then
+    echo "setup: installing ${missing[*]}"
+    SUDO=""
+    [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# Python's safetensors package is not packaged by Debian 12; the interoperability test
+# loads our files with it from a venv that still sees Debian's torch and numpy.
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import safetensors" 2>/dev/null; then
+    echo "setup: creating .venv with the safetensors package"
+    /usr/bin/python3 -m venv --system-site-packages .venv
+    .venv/bin/python -m pip install -q safetensors
+fi
+echo "setup: all dependencies present"

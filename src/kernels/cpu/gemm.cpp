@@ -1,0 +1,69 @@
+// CPU backend of gemm: oneDNN for f32, the reference loop for f64.
+#include "kernels/gemm.h"
+
+#include <oneapi/dnnl/dnnl.h>
+
+#include "core/check.h"
+
+namespace moe::kernels {
+
+namespace {
+void check_args(const char* op, bool ta, bool tb, int64_t M, int64_t N, int64_t K, int64_t lda,
+                int64_t ldb, int64_t ldc) {
+    MOE_CHECK(M >= 0 && N >= 0 && K >= 0, op, ": negative size M=", M, " N=", N, " K=", K);
+    const int64_t a_cols = ta ? M : K, b_cols = tb ? K : N;
+    MOE_CHECK(lda >= std::max<int64_t>(a_cols, 1) && ldb >= std::max<int64_t>(b_cols, 1) &&
+                  ldc >= std::max<int64_t>(N, 1),
+              op, ": leading dimension too small: M=", M, " N=", N, " K=", K, " lda=", lda,
+              " ldb=", ldb, " ldc=", ldc, " trans_a=", ta, " trans_b=", tb);
+}
+
+// C = beta * C, with beta = 0 writing exact zeros.
+template <class R>
+void scale_c(int64_t M, int64_t N, R beta, R* C, int64_t ldc) {
+    for (int64_t i = 0; i < M; ++i)
+        for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = beta == R(0) ? R(0) : beta * C[i * ldc + j];
+}
+}  // namespace
+
+template <class R>
+void gemm_reference(bool ta, bool tb, int64_t M, int64_t N, int64_t K, R alpha, const R* A,
+                    int64_t lda, const R* B, int64_t ldb, R beta, R* C, int64_t ldc) {
+    check_args("gemm_reference", ta, tb, M, N, K, lda, ldb, ldc);
+    for (int64_t i = 0; i < M; ++i) {
+        for (int64_t j = 0; j < N; ++j) {
+            double acc = 0.0;
+            for (int64_t p = 0; p < K; ++p) {
+                const R a = ta ? A[p * lda + i] : A[i * lda + p];
+                const R b = tb ? B[j * ldb + p] : B[p * ldb + j];
+                acc += double(a) * double(b);
+            }
+            R& c = C[i * ldc + j];
+            c = R(double(alpha) * acc + (beta == R(0) ? 0.0 : double(beta) * double(c)));
+        }
+    }
+}
+
+template void gemm_reference<float>(bool, bool, int64_t, int64_t, int64_t, float, const float*,
+                                    int64_t, const float*, int64_t, float, float*, int64_t);
+template void gemm_reference<double>(bool, bool, int64_t, int64_t, int64_t, double,
+                                     const double*, int64_t, const double*, int64_t, double,
+                                     double*, int64_t);
+
+void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+          int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+    check_args("gemm", ta, tb, M, N, K, lda, ldb, ldc);
+    if (M == 0 || N == 0) return;
+    if (K == 0) return scale_c(M, N, beta, C, ldc);
+    const dnnl_status_t st = dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', M, N, K, alpha, A, lda,
+                                        B, ldb, beta, C, ldc);
+    MOE_CHECK(st == dnnl_success, "gemm: oneDNN sgemm failed with status ", int(st), " for M=", M,
+              " N=", N, " K=", K);
+}
+
+void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const double* A,
+          int64_t lda, const double* B, int64_t ldb, double beta, double* C, int64_t ldc) {
+    gemm_reference(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+}  // namespace moe::kernels

@@ -1,0 +1,71 @@
+// Helpers shared by the tests: tolerance comparison, finite differences, PyTorch fixtures,
+// and seeded random data.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "core/rng.h"
+#include "io/safetensors.h"
+
+namespace moe::test {
+
+// True when |actual - expected| <= atol + rtol * |expected| everywhere; otherwise says
+// where the worst element is, both values and the count of failures.
+template <class A, class B>
+::testing::AssertionResult all_close(std::span<const A> actual, std::span<const B> expected,
+                                     double atol, double rtol);
+
+inline ::testing::AssertionResult all_close(const std::vector<float>& a,
+                                            const std::vector<float>& b, double atol,
+                                            double rtol) {
+    return all_close<float, float>(a, b, atol, rtol);
+}
+inline ::testing::AssertionResult all_close(const std::vector<double>& a,
+                                            const std::vector<double>& b, double atol,
+                                            double rtol) {
+    return all_close<double, double>(a, b, atol, rtol);
+}
+inline ::testing::AssertionResult all_close(const std::vector<float>& a,
+                                            const std::vector<double>& b, double atol,
+                                            double rtol) {
+    return all_close<float, double>(a, b, atol, rtol);
+}
+
+// Central finite differences of `loss` with respect to x[0..n): (L(x+h) - L(x-h)) / 2h.
+// Run in double precision, h = 1e-6 gives errors around 1e-9 for smooth functions.
+std::vector<double> numeric_gradient(const std::function<double()>& loss, double* x, size_t n,
+                                     double h = 1e-6);
+
+// Random vectors from a seeded generator: normal(0, scale) and uniform ints in [0, n).
+std::vector<double> random_normal(size_t n, uint64_t seed, double scale = 1.0);
+std::vector<float> random_normal_f32(size_t n, uint64_t seed, float scale = 1.0f);
+
+// sum_i weights[i] * y[i]: a scalar loss whose gradient with respect to y is `weights`.
+// Finite-difference tests use it so that every output element gets a distinct gradient.
+double weighted_sum(const std::vector<double>& y, const std::vector<double>& weights);
+
+// A PyTorch fixture: $MOE_FIXTURES/NAME.safetensors, made by tests/reference/gen_NAME.py.
+class Fixture {
+public:
+    explicit Fixture(const std::string& name);
+    std::vector<double> get(const std::string& tensor) const;  // any float dtype
+    std::vector<int64_t> get_int(const std::string& tensor) const;
+    Shape shape(const std::string& tensor) const { return file_->info(tensor).shape; }
+    const io::SafetensorsFile& file() const { return *file_; }
+
+private:
+    std::unique_ptr<io::SafetensorsFile> file_;
+};
+
+std::string fixture_dir();
+// Converts between precisions for tests that run the f32 path on fixture data.
+std::vector<float> to_f32(const std::vector<double>& v);
+std::vector<double> to_f64(const std::vector<float>& v);
+
+}  // namespace moe::test
