@@ -6,7 +6,7 @@
 // MOE_DCHECK is for hot loops: it compiles to nothing unless NDEBUG is undefined.
 // MOE_FAIL(parts...) throws a user-facing moe::Error without a source location; use it
 // for bad input that the user must fix (a file, a config key), where the location in our
-// source would only distract.
+// source would only distract. MOE_REQUIRE(cond, parts...) is its conditional form.
 #pragma once
 
 #include <sstream>
@@ -42,6 +42,12 @@ std::string concat(const Parts&... parts) {
     } while (0)
 
 #define MOE_FAIL(...) throw ::moe::Error(::moe::detail::concat(__VA_ARGS__))
+
+// User-facing check: throws MOE_FAIL(parts...) when cond is false.
+#define MOE_REQUIRE(cond, ...)             \
+    do {                                   \
+        if (!(cond)) MOE_FAIL(__VA_ARGS__); \
+    } while (0)
 
 #ifdef NDEBUG
 #define MOE_DCHECK(cond, ...) \

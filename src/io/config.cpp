@@ -1,0 +1,116 @@
+#include "io/config.h"
+
+#include <fstream>
+#include <sstream>
+#include <vector>
+
+#include "core/check.h"
+
+namespace moe::io {
+
+using json = nlohmann::json;
+
+namespace {
+std::vector<std::string> split_key(const std::string& key) {
+    std::vector<std::string> parts;
+    std::stringstream ss(key);
+    for (std::string p; std::getline(ss, p, '.');) parts.push_back(p);
+    return parts;
+}
+
+void collect_leaves(const json& j, const std::string& prefix, std::vector<std::string>& out) {
+    if (j.is_object() && !j.empty()) {
+        for (auto it = j.begin(); it != j.end(); ++it)
+            collect_leaves(it.value(), prefix.empty() ? it.key() : prefix + "." + it.key(), out);
+    } else {
+        out.push_back(prefix);
+    }
+}
+
+template <class T>
+const char* type_name() {
+    if constexpr (std::is_same_v<T, bool>) return "true or false";
+    else if constexpr (std::is_integral_v<T>) return "an integer";
+    else if constexpr (std::is_floating_point_v<T>) return "a number";
+    else return "a string";
+}
+}  // namespace
+
+Config::Config(const std::string& text, const std::string& source) : source_(source) {
+    try {
+        doc_ = json::parse(text, nullptr, true, /*ignore_comments=*/true);
+    } catch (const json::parse_error& e) {
+        MOE_FAIL(source, ": not valid JSON: ", e.what());
+    }
+    MOE_REQUIRE(doc_.is_object(), source, ": the top level must be a JSON object");
+}
+
+Config Config::from_file(const std::string& path) {
+    std::ifstream in(path);
+    MOE_REQUIRE(in.good(), path, ": cannot open config file");
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return Config(ss.str(), path);
+}
+
+void Config::set(const std::string& assignment) {
+    const size_t eq = assignment.find('=');
+    MOE_REQUIRE(eq != std::string::npos && eq > 0, "--set ", assignment,
+                ": expected key=value, e.g. --set train.steps=100");
+    const std::string key = assignment.substr(0, eq), text = assignment.substr(eq + 1);
+    json value;
+    try {
+        value = json::parse(text);
+    } catch (const json::parse_error&) {
+        value = text;  // a bare word is a string
+    }
+    json* node = &doc_;
+    for (const std::string& part : split_key(key)) {
+        MOE_REQUIRE(node->is_object(), "--set ", assignment, ": '", part,
+                    "' is below a value that is not a section");
+        node = &(*node)[part];
+    }
+    *node = value;
+}
+
+const json* Config::find(const std::string& key) const {
+    const json* node = &doc_;
+    for (const std::string& part : split_key(key)) {
+        if (!node->is_object() || !node->contains(part)) return nullptr;
+        node = &(*node)[part];
+    }
+    return node;
+}
+
+template <class T>
+T Config::get(const std::string& key, const T& fallback) {
+    read_.insert(key);
+    const json* v = find(key);
+    if (!v) return fallback;
+    bool ok;
+    if constexpr (std::is_same_v<T, bool>) ok = v->is_boolean();
+    else if constexpr (std::is_integral_v<T>) ok = v->is_number_integer();
+    else if constexpr (std::is_floating_point_v<T>) ok = v->is_number();
+    else ok = v->is_string();
+    MOE_REQUIRE(ok, source_, ": key '", key, "' must be ", type_name<T>(), ", got ", v->dump());
+    return v->get<T>();
+}
+
+template bool Config::get<bool>(const std::string&, const bool&);
+template int64_t Config::get<int64_t>(const std::string&, const int64_t&);
+template double Config::get<double>(const std::string&, const double&);
+template std::string Config::get<std::string>(const std::string&, const std::string&);
+
+void Config::finish() const {
+    std::vector<std::string> leaves, unknown;
+    collect_leaves(doc_, "", leaves);
+    for (const auto& leaf : leaves)
+        if (!leaf.empty() && !read_.count(leaf)) unknown.push_back(leaf);
+    if (unknown.empty()) return;
+    std::string list;
+    for (const auto& u : unknown) list += (list.empty() ? "'" : ", '") + u + "'";
+    MOE_FAIL(source_, ": unknown config key", unknown.size() > 1 ? "s " : " ", list,
+             " (see docs/config.md for the keys)");
+}
+
+}  // namespace moe::io

@@ -1,0 +1,89 @@
+// TransformerLM: a decoder-only transformer language model (the dense baseline).
+//
+//   x = tok_emb[tokens]
+//   for each layer:  x = x + attn(rmsnorm(x)),  x = x + swiglu_mlp(rmsnorm(x))
+//   logits = rmsnorm(x) @ lm_head^T          (lm_head = tok_emb when tie_embeddings)
+//
+// Parameters, gradients and activations live in arenas sized once at construction for
+// max_batch sequences of seq_len tokens: forward and backward allocate nothing.
+// Parameter names follow the module path: tok_emb, layers.3.attn.wq, layers.3.ffn.w1,
+// final_norm, lm_head, ...
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/arena.h"
+#include "nn/attention.h"
+
+namespace moe::models {
+
+struct LmConfig {
+    int64_t vocab_size = 256;
+    int64_t d_model = 128;
+    int64_t n_layers = 2;
+    int64_t n_heads = 4;
+    int64_t d_ff = 384;  // SwiGLU hidden size
+    int64_t seq_len = 128;
+    bool tie_embeddings = false;
+    double norm_eps = 1e-5;
+    double rope_theta = 10000.0;
+    double init_std = 0.02;
+
+    void validate() const;  // errors name the field and value
+};
+
+class TransformerLM {
+public:
+    TransformerLM(const LmConfig& cfg, int64_t max_batch);
+
+    // Normal(0, init_std) matrices, ones for norm gains; the two projections that write
+    // into the residual stream (attn.wo, ffn.w2) get std / sqrt(2 * n_layers), so the
+    // stream's variance does not grow with depth (GPT-2's scheme).
+    void init_weights(uint64_t seed);
+
+    // tokens, targets: [B, T] with B <= max_batch, T <= seq_len. Returns the mean
+    // cross-entropy over targets != -1. With targets == nullptr, computes logits only
+    // (read them with logits()) and returns 0.
+    double forward(const int32_t* tokens, const int32_t* targets, int64_t B, int64_t T);
+    // Accumulates d(loss)/d(param) into grads() for the last forward (which needs targets).
+    void backward();
+
+    // [B, T, vocab] logits of the last forward without targets.
+    const float* logits() const { return logits_; }
+
+    const LmConfig& config() const { return cfg_; }
+    Arena& params() { return params_; }
+    Arena& grads() { return grads_; }
+    const Arena& params() const { return params_; }
+    int64_t num_params() const;
+    size_t activation_bytes() const { return acts_.bytes(); }
+
+private:
+    struct LayerParams {
+        int attn_norm, wq, wk, wv, wo, ffn_norm, w1, w3, w2;
+    };
+    struct LayerActs {
+        int x_in, attn_norm_out, attn_rstd, q, k, v, att, y, x_mid, ffn_norm_out, ffn_rstd, h1,
+            h3, act;
+    };
+    float* p(int id) const { return params_.get(id).ptr<float>(); }
+    float* g(int id) const { return grads_.get(id).ptr<float>(); }
+    float* a(int id) const { return acts_.get(id).ptr<float>(); }
+    nn::AttentionConfig attn_config() const;
+
+    LmConfig cfg_;
+    int64_t max_batch_;
+    Arena params_, grads_, acts_;
+    int tok_emb_, final_norm_, lm_head_;
+    std::vector<LayerParams> lp_;
+    std::vector<LayerActs> la_;
+    int x_final_, final_norm_out_, final_rstd_, logits_id_, d_logits_, d_stream_, d_norm_,
+        scratch_, tokens_id_, targets_id_;
+    float* logits_ = nullptr;
+    int64_t B_ = 0, T_ = 0;
+    bool have_targets_ = false;
+};
+
+}  // namespace moe::models

@@ -1,0 +1,31 @@
+// The language-model training loop: data, model, AdamW, schedule, progress, validation,
+// metrics, checkpoints, resume and Ctrl-C.
+//
+// Files in out_dir:  checkpoint.safetensors (parameters, AdamW moments, step, config),
+//                    metrics.jsonl (one JSON object per logged step or evaluation).
+// Resuming loads the checkpoint and continues at the saved step; batches depend only on
+// (seed, step), so a resumed run computes the same losses as an uninterrupted one.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "train/lm_train_config.h"
+
+namespace moe::train {
+
+struct TrainResult {
+    int64_t steps_done = 0;       // the step counter at exit
+    double last_loss = 0;         // training loss of the last step
+    double first_loss = 0;        // training loss of the first step of this invocation
+    double val_loss = 0;          // last validation loss (0 if none)
+    bool interrupted = false;     // stopped by SIGINT/SIGTERM (a checkpoint was saved)
+    std::string checkpoint_path;  // where the final checkpoint went
+};
+
+TrainResult train_lm(const LmTrainConfig& cfg, bool resume);
+
+// The checkpoint file of a run directory.
+std::string checkpoint_path(const std::string& out_dir);
+
+}  // namespace moe::train

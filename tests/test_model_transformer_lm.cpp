@@ -1,0 +1,115 @@
+// Whole-model test: TransformerLM against the same model written out in PyTorch
+// (tests/reference/gen_transformer_lm.py): logits, loss, every parameter gradient, and
+// the losses of 5 AdamW steps with gradient clipping.
+#include <cmath>
+
+#include "models/transformer_lm.h"
+#include "test_support.h"
+#include "train/adamw.h"
+
+namespace moe {
+namespace {
+
+models::LmConfig fixture_config(bool tied) {
+    models::LmConfig c;
+    c.vocab_size = 37;
+    c.d_model = 16;
+    c.n_layers = 2;
+    c.n_heads = 2;
+    c.d_ff = 24;
+    c.seq_len = 9;
+    c.tie_embeddings = tied;
+    c.norm_eps = 1e-5;
+    return c;
+}
+
+void load_params(models::TransformerLM& model, const test::Fixture& fx) {
+    for (const auto& e : model.params().entries()) {
+        const auto values = fx.get("param." + e.name);
+        Tensor t = model.params().get(e.name);
+        ASSERT_EQ(int64_t(values.size()), t.numel()) << e.name;
+        for (size_t i = 0; i < values.size(); ++i) t.ptr<float>()[i] = float(values[i]);
+    }
+}
+
+std::vector<int32_t> to_i32(const std::vector<int64_t>& v) { return {v.begin(), v.end()}; }
+
+class TransformerVsTorch : public ::testing::TestWithParam<bool> {};
+
+TEST_P(TransformerVsTorch, LogitsLossGradientsAndAdamWSteps) {
+    const bool tied = GetParam();
+    const test::Fixture fx(tied ? "transformer_lm_tied" : "transformer_lm");
+    const auto cfg = fixture_config(tied);
+    const int64_t B = 2, T = 9;
+    models::TransformerLM model(cfg, B);
+    load_params(model, fx);
+    const auto tokens = to_i32(fx.get_int("tokens"));
+    const auto targets = to_i32(fx.get_int("targets"));
+
+    // Logits: f32 against f64, values of order 1-10 after two layers.
+    model.forward(tokens.data(), nullptr, B, T);
+    std::vector<float> logits(model.logits(), model.logits() + B * T * cfg.vocab_size);
+    EXPECT_TRUE(test::all_close(logits, fx.get("logits"), 2e-4, 2e-4));
+
+    const double loss = model.forward(tokens.data(), targets.data(), B, T);
+    EXPECT_NEAR(loss, fx.get("loss")[0], 1e-5 * std::fabs(fx.get("loss")[0]));
+
+    model.grads().zero();
+    model.backward();
+    for (const auto& e : model.params().entries()) {
+        Tensor g = model.grads().get(e.name);
+        std::vector<float> got(g.ptr<float>(), g.ptr<float>() + g.numel());
+        const auto want = fx.get("grad." + e.name);
+        double scale = 0;
+        for (double w : want) scale = std::max(scale, std::fabs(w));
+        EXPECT_TRUE(test::all_close(got, want, 1e-4 * scale + 1e-7, 1e-3)) << e.name;
+    }
+
+    // Five optimizer steps on the same batch, as the fixture does.
+    train::AdamW opt(model.params(), {0.9f, 0.95f, 1e-8f, 0.1f});
+    const auto want_losses = fx.get("step_losses");
+    for (int step = 0; step <= 5; ++step) {
+        const double l = model.forward(tokens.data(), targets.data(), B, T);
+        EXPECT_NEAR(l, want_losses[size_t(step)], 2e-4 * want_losses[size_t(step)])
+            << "loss before step " << step;
+        if (step == 5) break;
+        model.grads().zero();
+        model.backward();
+        train::clip_grad_norm(model.grads(), 1.0);
+        opt.step(model.params(), model.grads(), 1e-2f);
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(Untied_Tied, TransformerVsTorch, ::testing::Values(false, true));
+
+TEST(TransformerLM, RejectsBatchOrLengthBeyondItsArena) {
+    models::TransformerLM model(fixture_config(false), 2);
+    std::vector<int32_t> tokens(3 * 9, 0);
+    EXPECT_THROW(model.forward(tokens.data(), nullptr, 3, 9), Error);
+    EXPECT_THROW(model.forward(tokens.data(), nullptr, 1, 10), Error);
+}
+
+TEST(TransformerLM, ConfigErrorsNameTheField) {
+    auto cfg = fixture_config(false);
+    cfg.n_heads = 3;  // does not divide d_model = 16
+    try {
+        models::TransformerLM model(cfg, 1);
+        FAIL() << "expected an error";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("model.n_heads"), std::string::npos) << e.what();
+    }
+}
+
+TEST(TransformerLM, SameSeedSameWeights) {
+    models::TransformerLM a(fixture_config(false), 1), b(fixture_config(false), 1);
+    a.init_weights(42);
+    b.init_weights(42);
+    const float* pa = a.params().f32_data();
+    const float* pb = b.params().f32_data();
+    EXPECT_TRUE(std::equal(pa, pa + a.params().f32_count(), pb));
+    b.init_weights(43);
+    EXPECT_FALSE(std::equal(pa, pa + a.params().f32_count(), pb));
+}
+
+}  // namespace
+}  // namespace moe
