@@ -66,6 +66,7 @@ void Config::set(const std::string& assignment) {
     }
     json* node = &doc_;
     for (const std::string& part : split_key(key)) {
+        if (node->is_null()) *node = json::object();  // a new section
         MOE_REQUIRE(node->is_object(), "--set ", assignment, ": '", part,
                     "' is below a value that is not a section");
         node = &(*node)[part];

@@ -54,7 +54,7 @@ const int kFormatVersion = 1;
 
 std::string checkpoint_path(const std::string& out_dir) { return out_dir + "/checkpoint.safetensors"; }
 
-TrainResult train_lm(const LmTrainConfig& cfg, bool resume) {
+TrainResult train_lm(const LmTrainConfig& cfg, bool resume, const TrainHooks& hooks) {
     const TrainOptions& opt = cfg.train;
     set_num_threads(int(opt.threads));
     std::filesystem::create_directories(cfg.out_dir);
@@ -170,7 +170,8 @@ TrainResult train_lm(const LmTrainConfig& cfg, bool resume) {
             metrics << nlohmann::json{{"step", step}, {"val_loss", result.val_loss}}.dump() << '\n';
             metrics.flush();
         }
-        if (g_stop.load()) {
+        const bool hook_stop = hooks.after_step && !hooks.after_step(step, loss);
+        if (g_stop.load() || (hook_stop && !last)) {
             result.interrupted = true;
             break;
         }

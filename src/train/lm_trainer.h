@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include "train/lm_train_config.h"
@@ -23,7 +24,14 @@ struct TrainResult {
     std::string checkpoint_path;  // where the final checkpoint went
 };
 
-TrainResult train_lm(const LmTrainConfig& cfg, bool resume);
+// Lets a program that embeds the trainer watch each step and stop it early (a stop saves a
+// checkpoint exactly like Ctrl-C). Called after each optimizer step with the new step count
+// and that step's training loss; returning false stops.
+struct TrainHooks {
+    std::function<bool(int64_t step, double loss)> after_step;
+};
+
+TrainResult train_lm(const LmTrainConfig& cfg, bool resume, const TrainHooks& hooks = {});
 
 // The checkpoint file of a run directory.
 std::string checkpoint_path(const std::string& out_dir);

@@ -1,0 +1,171 @@
+// The training loop end to end on a tiny model: exact resume, checkpoints, config errors,
+// and the `moe` command's exit codes and messages.
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "io/safetensors.h"
+#include "test_support.h"
+#include "train/lm_trainer.h"
+
+namespace moe {
+namespace {
+
+namespace fs = std::filesystem;
+
+// A fresh directory with a small two-domain corpus in fortune format.
+struct TempRun {
+    fs::path dir;
+    TempRun() {
+        dir = fs::temp_directory_path() / ("moe_train_test_" + std::to_string(::getpid()) + "_" +
+                                           ::testing::UnitTest::GetInstance()->current_test_info()->name());
+        fs::remove_all(dir);
+        fs::create_directories(dir / "corpus");
+        const char* words[] = {"alpha", "beta", "gamma", "delta", "router", "expert", "token"};
+        for (int d = 0; d < 2; ++d) {
+            std::ofstream f(dir / "corpus" / (d ? "science" : "poems"));
+            Rng rng{uint64_t(d)};
+            for (int rec = 0; rec < 60; ++rec) {
+                for (int w = 0; w < 12; ++w) f << words[rng.below(7)] << (w % 6 == 5 ? "\n" : " ");
+                f << "%\n";
+            }
+        }
+    }
+    ~TempRun() { fs::remove_all(dir); }
+
+    io::Config config(const std::string& extra = "") const {
+        io::Config c(R"({
+          "model": {"vocab_size": 256, "d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 32,
+                    "seq_len": 16},
+          "train": {"steps": 6, "batch_size": 2, "lr": 1e-2, "min_lr": 1e-3, "warmup_steps": 2,
+                    "log_every": 100, "eval_every": 0, "eval_windows": 2, "threads": 2}
+        })",
+                     "test config");
+        c.set("data.path=\"" + (dir / "corpus").string() + "\"");
+        c.set("out_dir=\"" + (dir / "run").string() + "\"");
+        if (!extra.empty()) c.set(extra);
+        return c;
+    }
+};
+
+std::vector<double> run_and_record(const train::LmTrainConfig& cfg, bool resume, int64_t stop_at,
+                                   train::TrainResult* result = nullptr) {
+    std::vector<double> losses;
+    train::TrainHooks hooks;
+    hooks.after_step = [&](int64_t step, double loss) {
+        losses.push_back(loss);
+        return step != stop_at;
+    };
+    const auto r = train::train_lm(cfg, resume, hooks);
+    if (result) *result = r;
+    return losses;
+}
+
+TEST(TrainLm, ResumeReproducesTheUninterruptedRunExactly) {
+    TempRun run;
+    auto c = run.config();
+    const auto cfg = train::read_lm_train_config(c);
+    const auto full = run_and_record(cfg, false, -1);
+    ASSERT_EQ(full.size(), 6u);
+
+    train::TrainResult first;
+    const auto part1 = run_and_record(cfg, false, 3, &first);
+    EXPECT_TRUE(first.interrupted);
+    EXPECT_EQ(first.steps_done, 3);
+    const auto part2 = run_and_record(cfg, true, -1);
+    ASSERT_EQ(part1.size(), 3u);
+    ASSERT_EQ(part2.size(), 3u);
+    for (size_t i = 0; i < 3; ++i) {
+        EXPECT_EQ(part1[i], full[i]) << "step " << i + 1;
+        EXPECT_EQ(part2[i], full[i + 3]) << "step " << i + 4;  // bit-identical, not just close
+    }
+}
+
+TEST(TrainLm, LossFallsOnRepetitiveText) {
+    TempRun run;
+    auto c = run.config("train.steps=40");
+    const auto losses = run_and_record(train::read_lm_train_config(c), false, -1);
+    ASSERT_EQ(losses.size(), 40u);
+    EXPECT_LT(losses.back(), losses.front() - 1.0) << losses.front() << " -> " << losses.back();
+}
+
+TEST(TrainLm, CheckpointHoldsNamedTensorsAndConfig) {
+    TempRun run;
+    auto c = run.config("train.steps=2");
+    const auto cfg = train::read_lm_train_config(c);
+    train::train_lm(cfg, false);
+    io::SafetensorsFile f(train::checkpoint_path(cfg.out_dir));
+    EXPECT_TRUE(f.contains("layers.0.attn.wq"));
+    EXPECT_TRUE(f.contains("optim.m.layers.0.ffn.w1"));
+    EXPECT_EQ(f.info("tok_emb").shape, (Shape{256, 16}));
+    EXPECT_EQ(f.metadata("step"), "2");
+    EXPECT_NE(f.metadata("config").find("\"d_model\":16"), std::string::npos);
+    // No temporary file is left beside it.
+    for (const auto& e : fs::directory_iterator(cfg.out_dir))
+        EXPECT_EQ(e.path().filename().string().find(".tmp."), std::string::npos) << e.path();
+}
+
+void expect_error_mentions(const std::function<void()>& f, const std::string& needle) {
+    try {
+        f();
+        ADD_FAILURE() << "expected an error mentioning '" << needle << "'";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+}
+
+TEST(TrainLm, ConfigErrorsNameTheKey) {
+    TempRun run;
+    expect_error_mentions([&] { auto c = run.config("train.stepz=3"); train::read_lm_train_config(c); },
+                          "train.stepz");
+    expect_error_mentions([&] { auto c = run.config("train.steps=ten"); train::read_lm_train_config(c); },
+                          "train.steps");
+    expect_error_mentions([&] { auto c = run.config("train.lr=-1"); train::read_lm_train_config(c); },
+                          "train.lr");
+    expect_error_mentions([&] { auto c = run.config("model.n_heads=3"); train::read_lm_train_config(c); },
+                          "model.n_heads");
+    expect_error_mentions([] { io::Config c("{\"train\": ", "broken.json"); }, "broken.json");
+    expect_error_mentions([] { io::Config::from_file("/nonexistent/cfg.json"); }, "/nonexistent/cfg.json");
+}
+
+TEST(TrainLm, DataAndResumeErrorsNameThePath) {
+    TempRun run;
+    auto c = run.config("data.path=/nonexistent/corpus");
+    const auto bad_data = train::read_lm_train_config(c);
+    expect_error_mentions([&] { train::train_lm(bad_data, false); }, "/nonexistent/corpus");
+    auto c2 = run.config();
+    const auto cfg = train::read_lm_train_config(c2);
+    expect_error_mentions([&] { train::train_lm(cfg, true); }, "checkpoint.safetensors");
+}
+
+// Runs the built `moe` command; returns its exit code and what it printed on stderr.
+std::pair<int, std::string> run_moe(const std::string& args) {
+    const char* bin = std::getenv("MOE_BIN");
+    const std::string err = (fs::temp_directory_path() / ("moe_stderr_" + std::to_string(::getpid()))).string();
+    const std::string cmd = std::string(bin ? bin : ".") + "/moe " + args + " >/dev/null 2>" + err;
+    const int status = std::system(cmd.c_str());
+    std::ifstream in(err);
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    fs::remove(err);
+    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, text};
+}
+
+TEST(MoeCommand, ErrorsExitNonZeroWithAMessage) {
+    auto [code, err] = run_moe("train /nonexistent/config.json");
+    EXPECT_EQ(code, 1);
+    EXPECT_NE(err.find("/nonexistent/config.json"), std::string::npos) << err;
+    std::tie(code, err) = run_moe("frobnicate");
+    EXPECT_EQ(code, 2);
+    EXPECT_NE(err.find("unknown command"), std::string::npos) << err;
+    std::tie(code, err) = run_moe("info /nonexistent/model.safetensors");
+    EXPECT_EQ(code, 1);
+    EXPECT_NE(err.find("/nonexistent/model.safetensors"), std::string::npos) << err;
+    std::tie(code, err) = run_moe("");
+    EXPECT_EQ(code, 2);
+    EXPECT_NE(err.find("usage"), std::string::npos) << err;
+}
+
+}  // namespace
+}  // namespace moe
