@@ -18,7 +18,7 @@ void rmsnorm_backward(double* d_in, double* d_weight, const double* d_out, const
                       const double* weight, const double* rstd, int64_t N, int64_t C);
 
 // out = (in - mean) * rstd * weight + bias, rstd = 1 / sqrt(var + eps) with the biased
-// variance (as PyTorch). Saves mean[N] and rstd[N].
+// variance (as PyTorch). Saves mean[N] and rstd[N]. bias (and d_bias) may be null: no bias.
 void layernorm_forward(float* out, float* mean, float* rstd, const float* in, const float* weight,
                        const float* bias, int64_t N, int64_t C, float eps);
 void layernorm_forward(double* out, double* mean, double* rstd, const double* in,
