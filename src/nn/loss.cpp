@@ -11,6 +11,8 @@
 // the same bit for bit whatever the thread count.
 #include "nn/loss.h"
 
+#include "kernels/cpu/vec_math.h"
+
 #include <algorithm>
 #include <bit>
 #include <cmath>
@@ -28,30 +30,6 @@ namespace {
 // ~25 us of work, enough to pay for a fork/join (microseconds on idle cores).
 constexpr int64_t kParallelMin = 32768;
 
-// exp(a) for a <= 0, one float lane: Cody-Waite reduction and Cephes' polynomial (~1 ulp),
-// flushed to 0 below -87.3 (exp(-87.3) = 1.2e-38: next to the row's max, which contributes
-// exp(0) = 1, anything smaller is invisible in float). Same scheme as the activations'
-// exp; kept local so the loss depends on no kernel internals.
-[[gnu::always_inline]] inline float exp_nonpositive_f32(float a) {
-    const bool tiny = a < -87.3f;
-    a = tiny ? -87.3f : a;
-    const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-    const float k = a * 1.44269504088896341f + shifter;
-    const float n = k - shifter;
-    const int32_t ni = std::bit_cast<int32_t>(k) - std::bit_cast<int32_t>(shifter);
-    float r = std::fma(-n, 0.693359375f, a);
-    r = std::fma(n, 2.12194440e-4f, r);
-    float p = 1.9875691500e-4f;
-    p = std::fma(p, r, 1.3981999507e-3f);
-    p = std::fma(p, r, 8.3334519073e-3f);
-    p = std::fma(p, r, 4.1665795894e-2f);
-    p = std::fma(p, r, 1.6666665459e-1f);
-    p = std::fma(p, r, 5.0000001201e-1f);
-    const float e = std::fma(p * r, r, r) + 1.0f;
-    const float scale = std::bit_cast<float>((ni + 127) << 23);
-    return tiny ? 0.0f : e * scale;
-}
-
 // One row of softmax cross-entropy: probs[v] = exp(x[v] - max) / sum, and the row's loss
 // log(sum) + max - x[target] in double. probs may alias x, so x[target] is read first.
 template <class R>
@@ -67,7 +45,7 @@ double cross_entropy_row(R* probs, const R* x, int32_t target, int64_t V) {
         // V = 4096). The lanes sum in double: a float sum of 4096 terms may be off by up to
         // 4096 * 2^-24 = 2.4e-4 relative, which would show in the loss.
 #pragma omp simd
-        for (int64_t v = 0; v < V; ++v) probs[v] = exp_nonpositive_f32(x[v] - max);
+        for (int64_t v = 0; v < V; ++v) probs[v] = kernels::cpu::exp_nonpositive_f32(x[v] - max);
 #pragma omp simd reduction(+ : sum)
         for (int64_t v = 0; v < V; ++v) sum += double(probs[v]);
     } else {

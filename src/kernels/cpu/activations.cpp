@@ -11,6 +11,7 @@
 //   normal(0, 4) inputs), down to x = -13 where the output is 1e-38.
 // Arrays longer than kParallelMin are split over OpenMP threads in fixed chunks.
 #include "kernels/activations.h"
+#include "kernels/cpu/vec_math.h"
 
 #include <algorithm>
 #include <bit>
@@ -43,37 +44,8 @@ void for_chunks(int64_t n, const Body& body) {
     for (int64_t c = 0; c < chunks; ++c) body(c * kChunk, std::min(n, (c + 1) * kChunk));
 }
 
-// exp(hi + lo), where lo is a small correction (|lo| << ulp(hi) is fine), for float lanes.
-// The range reduction is done on hi alone, so lo keeps its full precision: the GELU tail
-// uses that to pass the rounding error of x^2. Overflows to inf above ~88.7 and underflows
-// gradually to 0 below ~-87.3 like std::exp: hi is clamped to [-150, 100], so n lies in
-// [-217, 145], and 2^n is applied as two factors 2^(n/2) 2^(n - n/2), each a normal float.
-[[gnu::always_inline]] inline float exp_f32(float hi, float lo) {
-    hi = hi < -150.0f ? -150.0f : hi;  // NaN passes through both selects
-    hi = hi > 100.0f ? 100.0f : hi;
-    // Adding 1.5 * 2^23 rounds to an integer, which then sits in the low mantissa bits.
-    const float shifter = 12582912.0f;
-    const float k = hi * 1.44269504088896341f + shifter;
-    const float n = k - shifter;
-    const int32_t ni = std::bit_cast<int32_t>(k) - std::bit_cast<int32_t>(shifter);
-    // ln 2 = 0.693359375 - 2.12194440e-4: the first part has 9 bits, so n * it is exact.
-    float r = std::fma(-n, 0.693359375f, hi);
-    r = std::fma(n, 2.12194440e-4f, r) + lo;
-    float p = 1.9875691500e-4f;
-    p = std::fma(p, r, 1.3981999507e-3f);
-    p = std::fma(p, r, 8.3334519073e-3f);
-    p = std::fma(p, r, 4.1665795894e-2f);
-    p = std::fma(p, r, 1.6666665459e-1f);
-    p = std::fma(p, r, 5.0000001201e-1f);
-    const float e = std::fma(p * r, r, r) + 1.0f;
-    const int32_t n1 = ni >> 1, n2 = ni - n1;
-    const float s1 = std::bit_cast<float>((n1 + 127) << 23);
-    const float s2 = std::bit_cast<float>((n2 + 127) << 23);
-    return e * s1 * s2;
-}
-
 [[gnu::always_inline]] inline float sigmoid_f32(float x) {
-    return 1.0f / (1.0f + exp_f32(-x, 0.0f));
+    return 1.0f / (1.0f + cpu::exp_f32(-x, 0.0f));
 }
 
 // SiLU's derivative s (1 + x (1 - s)), s = sigmoid(x). 1 - s is taken as e * s with
@@ -81,7 +53,7 @@ void for_chunks(int64_t n, const Body& body) {
 // with a 1% error, which x (1 - s) carries into the result as ~10 ulp. Below x = -80,
 // e overflows; there 1 - s is 1 in float.
 [[gnu::always_inline]] inline float silu_grad_f32(float x) {
-    const float e = exp_f32(-x, 0.0f);
+    const float e = cpu::exp_f32(-x, 0.0f);
     const float s = 1.0f / (1.0f + e);
     const float one_minus_s = x < -80.0f ? 1.0f : e * s;
     return s * std::fma(x, one_minus_s, 1.0f);
@@ -112,8 +84,8 @@ void for_chunks(int64_t n, const Body& body) {
     // would cost 85 * 2^-24 / 2 = 2.5e-6 (~40 ulp).
     const float sq = x * x;
     const float sq_err = std::fma(x, x, -sq);
-    const float g = exp_f32(-0.5f * sq, -0.5f * sq_err);
-    const float half_erfc = 0.5f * t * g * exp_f32(p, 0.0f);
+    const float g = cpu::exp_f32(-0.5f * sq, -0.5f * sq_err);
+    const float half_erfc = 0.5f * t * g * cpu::exp_f32(p, 0.0f);
     cdf = x < 0.0f ? half_erfc : 1.0f - half_erfc;
     pdf = g * 0.39894228040143268f;  // 1 / sqrt(2 pi)
 }

@@ -1,5 +1,6 @@
 // CPU backend of the row-wise softmax: a vectorised float path, the reference loops for double.
 #include "kernels/softmax.h"
+#include "kernels/cpu/vec_math.h"
 
 #include <algorithm>
 #include <bit>
@@ -21,36 +22,6 @@ void check_sizes(const char* op, int64_t rows, int64_t C) {
     MOE_CHECK(rows >= 0 && C > 0, op, ": bad sizes rows=", rows, " C=", C);
 }
 
-// exp(x) for x <= 0, written so GCC vectorises it: std::exp does not (without -ffast-math
-// glibc's vector expf is not declared). Cephes' expf: x = n*ln2 + r with |r| <= ln2/2, a
-// degree-7 polynomial for exp(r), 2^n built from the exponent bits. The error is at most
-// 1.02 ulp (checked against double exp over every float in [-87, 0]). Below -87.3, exp(x) is
-// under FLT_MIN (1.2e-38): return 0 instead, which also covers x = -inf (masked logits) and
-// keeps 2^n inside the normal range.
-inline float exp_nonpositive(float x) {
-    constexpr float kLog2e = 1.44269504088896341f;
-    constexpr float kLn2Hi = 0.693359375f;  // ln2 split so n * kLn2Hi is exact for |n| < 2^9
-    constexpr float kLn2Lo = -2.12194440e-4f;
-    constexpr float kMin = -87.3f;
-    constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-    const float xc = x < kMin ? kMin : x;
-    const float n = (xc * kLog2e + kRound) - kRound;
-    const float r = (xc - n * kLn2Hi) - n * kLn2Lo;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    const float two_n = std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
-    // Select a constant, then multiply: GCC if-converts a select between two constants, but
-    // not `x < kMin ? 0 : p * two_n` (it will not speculate a float multiply), and a branch in
-    // the loop stops vectorisation (the whole softmax took 2.8 ns/element with it, 0.5 without).
-    const float keep = x < kMin ? 0.0f : 1.0f;
-    return p * two_n * keep;
-}
-
 void softmax_row(float* y, const float* x, int64_t C) {
     float m = x[0];
 #pragma omp simd reduction(max : m)
@@ -58,7 +29,7 @@ void softmax_row(float* y, const float* x, int64_t C) {
     double sum = 0.0;  // double: C up to ~1e5 keys, float would drift by ~C * eps
 #pragma omp simd reduction(+ : sum)
     for (int64_t j = 0; j < C; ++j) {
-        const float e = exp_nonpositive(x[j] - m);
+        const float e = cpu::exp_nonpositive_f32(x[j] - m);
         y[j] = e;  // y may alias x: same index, read before written
         sum += double(e);
     }
