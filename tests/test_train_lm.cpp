@@ -142,9 +142,9 @@ TEST(TrainLm, DataAndResumeErrorsNameThePath) {
 
 // Runs the built `moe` command; returns its exit code and what it printed on stderr.
 std::pair<int, std::string> run_moe(const std::string& args) {
-    const char* bin = std::getenv("MOE_BIN");
+    const std::string bin = test::bin_dir();
     const std::string err = (fs::temp_directory_path() / ("moe_stderr_" + std::to_string(::getpid()))).string();
-    const std::string cmd = std::string(bin ? bin : ".") + "/moe " + args + " >/dev/null 2>" + err;
+    const std::string cmd = bin + "/moe " + args + " >/dev/null 2>" + err;
     const int status = std::system(cmd.c_str());
     std::ifstream in(err);
     std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());

@@ -1,8 +1,10 @@
 // AtomicFile: write a file so that readers see either the old content or the new, whole.
 //
-// Bytes go to "PATH.tmp.PID" beside the target; commit() flushes, fsyncs, renames over
-// PATH and fsyncs the directory. If commit() is never reached (an exception, Ctrl-C), the
-// destructor removes the temporary file and PATH is untouched.
+// Bytes go to "PATH.tmp.PID.N" beside the target (N counts the files this process made, so
+// two threads saving one path do not share a temporary); commit() fsyncs, closes, renames
+// over PATH and fsyncs the directory. If commit() is never reached because of an exception,
+// the destructor removes the temporary file; after a crash or a kill a stray PATH.tmp.* may
+// remain, but PATH itself is always either the old file or the new one.
 #pragma once
 
 #include <cstddef>
@@ -11,7 +13,7 @@
 namespace moe::io {
 
 class AtomicFile {
-public:
+  public:
     explicit AtomicFile(const std::string& path);
     ~AtomicFile();
     AtomicFile(const AtomicFile&) = delete;
@@ -20,7 +22,7 @@ public:
     void write(const void* data, size_t n);
     void commit();
 
-private:
+  private:
     std::string path_, tmp_path_;
     int fd_ = -1;
 };

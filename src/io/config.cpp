@@ -27,9 +27,22 @@ void collect_leaves(const json& j, const std::string& prefix, std::vector<std::s
     }
 }
 
+using IntLists = std::vector<std::vector<int64_t>>;
+
+bool is_int_lists(const json& v) {
+    if (!v.is_array()) return false;
+    for (const json& row : v) {
+        if (!row.is_array()) return false;
+        for (const json& x : row)
+            if (!x.is_number_integer()) return false;
+    }
+    return true;
+}
+
 template <class T>
 const char* type_name() {
-    if constexpr (std::is_same_v<T, bool>) return "true or false";
+    if constexpr (std::is_same_v<T, IntLists>) return "a list of lists of integers";
+    else if constexpr (std::is_same_v<T, bool>) return "true or false";
     else if constexpr (std::is_integral_v<T>) return "an integer";
     else if constexpr (std::is_floating_point_v<T>) return "a number";
     else return "a string";
@@ -89,7 +102,8 @@ T Config::get(const std::string& key, const T& fallback) {
     const json* v = find(key);
     if (!v) return fallback;
     bool ok;
-    if constexpr (std::is_same_v<T, bool>) ok = v->is_boolean();
+    if constexpr (std::is_same_v<T, IntLists>) ok = is_int_lists(*v);
+    else if constexpr (std::is_same_v<T, bool>) ok = v->is_boolean();
     else if constexpr (std::is_integral_v<T>) ok = v->is_number_integer();
     else if constexpr (std::is_floating_point_v<T>) ok = v->is_number();
     else ok = v->is_string();
@@ -101,6 +115,7 @@ template bool Config::get<bool>(const std::string&, const bool&);
 template int64_t Config::get<int64_t>(const std::string&, const int64_t&);
 template double Config::get<double>(const std::string&, const double&);
 template std::string Config::get<std::string>(const std::string&, const std::string&);
+template IntLists Config::get<IntLists>(const std::string&, const IntLists&);
 
 void Config::finish() const {
     std::vector<std::string> leaves, unknown;

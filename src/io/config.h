@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 #include <string>
+#include <vector>
 
 namespace moe::io {
 
@@ -23,7 +24,8 @@ public:
     // Applies "dotted.key=value". Errors name the override.
     void set(const std::string& assignment);
 
-    // Value at "dotted.key" or `fallback` when absent.
+    // Value at "dotted.key" or `fallback` when absent. T is bool, int64_t, double,
+    // std::string or std::vector<std::vector<int64_t>> (a JSON list of integer lists).
     template <class T>
     T get(const std::string& key, const T& fallback);
 

@@ -9,17 +9,113 @@
 #include <cerrno>
 #include <cstring>
 #include <nlohmann/json.hpp>
+#include <unordered_set>
 
 #include "io/atomic_file.h"
 
 namespace moe::io {
 
-using json = nlohmann::json;
+// ordered_json keeps keys in the order they were written or read, so the header lists
+// tensors in the caller's order and names() can report file order for zero-size tensors,
+// which share a data offset with their neighbour and cannot be ordered by offset alone.
+using json = nlohmann::ordered_json;
+
+// GCC defines __SANITIZE_ADDRESS__ under -fsanitize=address; clang reports it as a feature.
+#if defined(__SANITIZE_ADDRESS__)
+#define MOE_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define MOE_ASAN 1
+#endif
+#endif
+#ifndef MOE_ASAN
+#define MOE_ASAN 0
+#endif
+
+namespace {
+
+constexpr const char* kMetadataKey = "__metadata__";
+// The reference implementation refuses headers over 100 MB; so do we, so that a corrupt
+// length cannot make us parse gigabytes of tensor data as JSON.
+constexpr uint64_t kMaxHeaderBytes = 100'000'000;
+// Sizes above 2^62 cannot be stored as int64 in a Shape and multiplied by a dtype size.
+constexpr uint64_t kMaxDim = uint64_t(1) << 62;
+
+[[noreturn]] void bad(const std::string& path, const std::string& what) {
+    MOE_FAIL(path, ": not a valid safetensors file: ", what);
+}
+
+// detail::concat rather than "[" + std::to_string(..): GCC 12 warns falsely (-Wrestrict)
+// on a literal plus a temporary string.
+std::string range_str(uint64_t begin, uint64_t end) {
+    return detail::concat("[", begin, ", ", end, "]");
+}
+
+// Checks one tensor entry of the header and returns what it describes. Every size is
+// checked against `data_size` before it is used, so later reads cannot leave the mapping.
+SafetensorsFile::Info parse_entry(const std::string& path, const std::string& name, const json& v,
+                                  uint64_t data_size) {
+    const std::string where = "tensor '" + name + "': ";
+    if (!v.is_object()) bad(path, where + "entry is not an object");
+    for (const char* key : {"dtype", "shape", "data_offsets"})
+        if (!v.contains(key)) bad(path, where + "entry has no \"" + key + "\"");
+
+    SafetensorsFile::Info info{};
+    const json& dt = v["dtype"];
+    if (!dt.is_string()) bad(path, where + "dtype " + dt.dump() + " is not a string");
+    const std::string dt_name = dt.get<std::string>();
+    if (!dtype_from_safetensors(dt_name, &info.dtype))
+        bad(path, where + "unknown dtype '" + dt_name + "'");
+
+    const json& shape = v["shape"];
+    if (!shape.is_array()) bad(path, where + "shape " + shape.dump() + " is not an array");
+    if (shape.size() > size_t(kMaxDims))
+        bad(path, where + "shape has " + std::to_string(shape.size()) + " dimensions, at most " +
+                      std::to_string(kMaxDims) + " supported");
+    // The byte size is exact unless a product overflows; a zero anywhere makes it 0.
+    uint64_t numel = 1;
+    bool has_zero = false, overflow = false;
+    for (const json& d : shape) {
+        if (!d.is_number_unsigned())
+            bad(path, where + "shape size " + d.dump() + " is not a non-negative integer");
+        const uint64_t dim = d.get<uint64_t>();
+        if (dim > kMaxDim) bad(path, where + "shape size " + std::to_string(dim) + " is too large");
+        if (dim == 0)
+            has_zero = true;
+        else if (__builtin_mul_overflow(numel, dim, &numel))
+            overflow = true;
+        info.shape.dims[info.shape.rank++] = int64_t(dim);
+    }
+    uint64_t nbytes = 0;
+    if (!has_zero && (overflow || __builtin_mul_overflow(numel, dtype_size(info.dtype), &nbytes)))
+        bad(path, where + "shape " + info.shape.str() + " is too large");
+
+    const json& off = v["data_offsets"];
+    if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() ||
+        !off[1].is_number_unsigned())
+        bad(path, where + "data_offsets " + off.dump() + " is not a pair of non-negative integers");
+    info.begin = off[0].get<uint64_t>();
+    info.end = off[1].get<uint64_t>();
+    if (info.begin > info.end)
+        bad(path, where + "data_offsets " + range_str(info.begin, info.end) + " are reversed");
+    if (info.end > data_size)
+        bad(path, where + "data_offsets " + range_str(info.begin, info.end) +
+                      " run past the end of the " + std::to_string(data_size) +
+                      "-byte data section (file truncated?)");
+    if (info.end - info.begin != nbytes)
+        bad(path, where + "shape " + info.shape.str() + " of " + dt_name + " needs " +
+                      std::to_string(nbytes) + " bytes but data_offsets " +
+                      range_str(info.begin, info.end) + " hold " +
+                      std::to_string(info.end - info.begin));
+    return info;
+}
+
+}  // namespace
 
 bool dtype_from_safetensors(const std::string& name, DType* out) {
-    static const std::map<std::string, DType> table = {
-        {"F32", DType::f32}, {"BF16", DType::bf16}, {"F64", DType::f64},
-        {"I32", DType::i32}, {"I64", DType::i64},   {"U8", DType::u8}};
+    static const std::map<std::string, DType> table = {{"F32", DType::f32}, {"BF16", DType::bf16},
+                                                       {"F64", DType::f64}, {"I32", DType::i32},
+                                                       {"I64", DType::i64}, {"U8", DType::u8}};
     auto it = table.find(name);
     if (it == table.end()) return false;
     *out = it->second;
@@ -28,26 +124,38 @@ bool dtype_from_safetensors(const std::string& name, DType* out) {
 
 const char* dtype_to_safetensors(DType t) {
     switch (t) {
-        case DType::f32: return "F32";
-        case DType::bf16: return "BF16";
-        case DType::f64: return "F64";
-        case DType::i32: return "I32";
-        case DType::i64: return "I64";
-        case DType::u8: return "U8";
+        case DType::f32:
+            return "F32";
+        case DType::bf16:
+            return "BF16";
+        case DType::f64:
+            return "F64";
+        case DType::i32:
+            return "I32";
+        case DType::i64:
+            return "I64";
+        case DType::u8:
+            return "U8";
     }
     return "?";
 }
 
 void save_safetensors(const std::string& path, const std::vector<TensorToSave>& tensors,
                       const std::map<std::string, std::string>& metadata) {
+    // Everything is validated before the temporary file exists, so a bad argument never
+    // touches the disk.
     json header = json::object();
-    if (!metadata.empty()) header["__metadata__"] = metadata;
+    if (!metadata.empty()) header[kMetadataKey] = metadata;
+    std::unordered_set<std::string> seen;
     uint64_t offset = 0;
     for (const auto& t : tensors) {
-        MOE_CHECK(t.tensor.is_contiguous(), "save_safetensors: tensor '", t.name,
-                  "' is not contiguous");
-        MOE_CHECK(!header.contains(t.name), "save_safetensors: tensor '", t.name,
-                  "' given twice");
+        const std::string where = path + ": save_safetensors: tensor '" + t.name + "' ";
+        if (t.name == kMetadataKey) MOE_FAIL(where, "uses the reserved name");
+        if (!seen.insert(t.name).second) MOE_FAIL(where, "given twice");
+        if (!t.tensor.is_contiguous()) MOE_FAIL(where, t.tensor.str(), " is not contiguous");
+        if (t.tensor.device != Device::cpu) MOE_FAIL(where, "is not on the CPU");
+        if (t.tensor.data == nullptr && t.tensor.nbytes() != 0)
+            MOE_FAIL(where, t.tensor.str(), " has no data");
         std::vector<int64_t> shape(t.tensor.shape.dims.begin(),
                                    t.tensor.shape.dims.begin() + t.tensor.rank());
         header[t.name] = {{"dtype", dtype_to_safetensors(t.tensor.dtype)},
@@ -55,7 +163,12 @@ void save_safetensors(const std::string& path, const std::vector<TensorToSave>& 
                           {"data_offsets", {offset, offset + t.tensor.nbytes()}}};
         offset += t.tensor.nbytes();
     }
-    std::string text = header.dump();
+    std::string text;
+    try {
+        text = header.dump();
+    } catch (const nlohmann::json::exception& e) {  // a name or value that is not UTF-8
+        MOE_FAIL(path, ": save_safetensors: cannot encode the header: ", e.what());
+    }
     // Pad with spaces so the data section starts 8-byte aligned, as the reference
     // implementation does; readers that map the file can then view f32/f64 in place.
     text.append((8 - (text.size() % 8)) % 8, ' ');
@@ -70,119 +183,137 @@ void save_safetensors(const std::string& path, const std::vector<TensorToSave>& 
     file.commit();
 }
 
-namespace {
-[[noreturn]] void bad(const std::string& path, const std::string& what) {
-    MOE_FAIL(path, ": not a valid safetensors file: ", what);
-}
-}  // namespace
-
 SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
     const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) MOE_FAIL(path, ": cannot open: ", std::strerror(errno));
     struct stat st {};
-    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    if (::fstat(fd, &st) != 0) {
+        const int err = errno;
+        ::close(fd);
+        MOE_FAIL(path, ": cannot stat: ", std::strerror(err));
+    }
+    if (!S_ISREG(st.st_mode)) {
         ::close(fd);
         MOE_FAIL(path, ": not a regular file");
     }
     map_size_ = size_t(st.st_size);
     if (map_size_ < 8) {
         ::close(fd);
-        bad(path, "file is " + std::to_string(map_size_) + " bytes, shorter than the 8-byte header length");
+        bad(path, "file is " + std::to_string(map_size_) +
+                      " bytes, shorter than the 8-byte header length");
     }
-    void* p = ::mmap(nullptr, map_size_, PROT_READ, MAP_PRIVATE, fd, 0);
+#if MOE_ASAN
+    // AddressSanitizer cannot see a read past the end of a mapping (the rest of the last
+    // page reads as zeros), so sanitized builds read the file into a heap block of exactly
+    // its size, where one byte too far is reported.
+    heap_.reset(new uint8_t[map_size_]);
+    for (size_t done = 0; done < map_size_;) {
+        const ssize_t r = ::pread(fd, heap_.get() + done, map_size_ - done, off_t(done));
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) {
+            const int err = r < 0 ? errno : EIO;
+            ::close(fd);
+            heap_.reset();
+            MOE_FAIL(path, ": cannot read: ", std::strerror(err));
+        }
+        done += size_t(r);
+    }
     ::close(fd);
-    if (p == MAP_FAILED) MOE_FAIL(path, ": cannot map: ", std::strerror(errno));
+    map_ = heap_.get();
+#else
+    void* p = ::mmap(nullptr, map_size_, PROT_READ, MAP_PRIVATE, fd, 0);
+    const int map_err = errno;
+    ::close(fd);
+    if (p == MAP_FAILED) MOE_FAIL(path, ": cannot map: ", std::strerror(map_err));
     map_ = static_cast<const uint8_t*>(p);
-
+#endif
     try {
-        uint64_t n = 0;
-        for (int i = 0; i < 8; ++i) n |= uint64_t(map_[i]) << (8 * i);
-        if (n > map_size_ - 8)
-            bad(path, "header length " + std::to_string(n) + " runs past the end of the " +
-                          std::to_string(map_size_) + "-byte file");
-        data_ = map_ + 8 + n;
-        const uint64_t data_size = map_size_ - 8 - n;
-
-        json header;
-        try {
-            header = json::parse(map_ + 8, map_ + 8 + n);
-        } catch (const json::exception& e) {
-            bad(path, std::string("malformed JSON header: ") + e.what());
-        }
-        if (!header.is_object()) bad(path, "JSON header is not an object");
-
-        std::vector<std::pair<uint64_t, uint64_t>> ranges;
-        for (auto it = header.begin(); it != header.end(); ++it) {
-            const std::string& name = it.key();
-            const json& v = it.value();
-            if (name == "__metadata__") {
-                if (!v.is_object()) bad(path, "__metadata__ is not an object");
-                for (auto m = v.begin(); m != v.end(); ++m) {
-                    if (!m.value().is_string())
-                        bad(path, "metadata value '" + m.key() + "' is not a string");
-                    metadata_[m.key()] = m.value().get<std::string>();
-                }
-                continue;
-            }
-            const std::string where = "tensor '" + name + "': ";
-            if (!v.is_object() || !v.contains("dtype") || !v.contains("shape") ||
-                !v.contains("data_offsets"))
-                bad(path, where + "entry needs dtype, shape and data_offsets");
-            if (!v["dtype"].is_string()) bad(path, where + "dtype is not a string");
-            Info info{};
-            const std::string dt = v["dtype"].get<std::string>();
-            if (!dtype_from_safetensors(dt, &info.dtype)) bad(path, where + "unknown dtype '" + dt + "'");
-            const json& shape = v["shape"];
-            if (!shape.is_array() || shape.size() > size_t(kMaxDims))
-                bad(path, where + "shape is not an array of at most " + std::to_string(kMaxDims) + " sizes");
-            uint64_t numel = 1;
-            for (const json& d : shape) {
-                if (!d.is_number_unsigned()) bad(path, where + "shape has a size that is not a non-negative integer");
-                const uint64_t dim = d.get<uint64_t>();
-                if (dim != 0 && numel > (uint64_t(1) << 62) / dim) bad(path, where + "shape is too large");
-                numel *= dim;
-                info.shape.dims[info.shape.rank++] = int64_t(dim);
-            }
-            const json& off = v["data_offsets"];
-            if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() ||
-                !off[1].is_number_unsigned())
-                bad(path, where + "data_offsets is not a pair of non-negative integers");
-            info.begin = off[0].get<uint64_t>();
-            info.end = off[1].get<uint64_t>();
-            if (info.begin > info.end)
-                bad(path, where + "data_offsets [" + std::to_string(info.begin) + ", " +
-                              std::to_string(info.end) + "] is reversed");
-            if (info.end > data_size)
-                bad(path, where + "data_offsets end " + std::to_string(info.end) +
-                              " is past the data section of " + std::to_string(data_size) +
-                              " bytes (file truncated?)");
-            const uint64_t expected = numel * dtype_size(info.dtype);
-            if (info.end - info.begin != expected)
-                bad(path, where + "shape " + info.shape.str() + " of " + dt + " needs " +
-                              std::to_string(expected) + " bytes but data_offsets give " +
-                              std::to_string(info.end - info.begin));
-            infos_[name] = info;
-            order_.push_back(name);
-            if (info.end > info.begin) ranges.push_back({info.begin, info.end});
-        }
-        std::sort(ranges.begin(), ranges.end());
-        for (size_t i = 1; i < ranges.size(); ++i)
-            if (ranges[i].first < ranges[i - 1].second)
-                bad(path, "two tensors overlap at data offset " + std::to_string(ranges[i].first));
-        std::sort(order_.begin(), order_.end(),
-                  [&](const std::string& a, const std::string& b) {
-                      return infos_[a].begin < infos_[b].begin ||
-                             (infos_[a].begin == infos_[b].begin && a < b);
-                  });
+        parse_header();
     } catch (...) {
-        ::munmap(const_cast<uint8_t*>(map_), map_size_);
-        map_ = nullptr;
+        release();
         throw;
     }
 }
 
+void SafetensorsFile::release() {
+    if (map_ && !heap_) ::munmap(const_cast<uint8_t*>(map_), map_size_);
+    heap_.reset();
+    map_ = nullptr;
+}
+
+void SafetensorsFile::parse_header() {
+    const std::string& path = path_;
+    uint64_t n = 0;
+    for (int i = 0; i < 8; ++i) n |= uint64_t(map_[i]) << (8 * i);
+    // Written as a subtraction: 8 + n overflows for n near 2^64.
+    if (n > map_size_ - 8)
+        bad(path, "header length " + std::to_string(n) + " runs past the end of the " +
+                      std::to_string(map_size_) + "-byte file");
+    if (n > kMaxHeaderBytes)
+        bad(path, "header length " + std::to_string(n) + " is over the limit of " +
+                      std::to_string(kMaxHeaderBytes) + " bytes");
+    data_ = map_ + 8 + n;
+    const uint64_t data_size = map_size_ - 8 - n;
+
+    // JSON parsers keep one of two equal keys silently; a tensor listed twice with two
+    // different offsets is ambiguous, so the callback records top-level duplicates.
+    std::unordered_set<std::string> keys;
+    std::string duplicate;
+    auto on_event = [&](int depth, json::parse_event_t event, json& parsed) {
+        if (depth == 1 && event == json::parse_event_t::key && duplicate.empty() &&
+            !keys.insert(parsed.get<std::string>()).second)
+            duplicate = parsed.get<std::string>();
+        return true;
+    };
+    json header;
+    try {
+        header = json::parse(map_ + 8, map_ + 8 + n, on_event);
+    } catch (const nlohmann::json::exception& e) {
+        bad(path, std::string("malformed JSON header: ") + e.what());
+    }
+    if (!header.is_object()) bad(path, "JSON header is not an object");
+    if (!duplicate.empty()) bad(path, "key '" + duplicate + "' appears twice in the header");
+
+    struct Range {
+        uint64_t begin, end;
+        const std::string* name;
+    };
+    std::vector<Range> ranges;
+    for (auto it = header.begin(); it != header.end(); ++it) {
+        const std::string& name = it.key();
+        const json& v = it.value();
+        if (name == kMetadataKey) {
+            if (!v.is_object()) bad(path, "__metadata__ is not an object");
+            for (auto m = v.begin(); m != v.end(); ++m) {
+                if (!m.value().is_string())
+                    bad(path, "metadata value '" + m.key() + "' is " + m.value().dump() +
+                                  ", not a string");
+                metadata_[m.key()] = m.value().get<std::string>();
+            }
+            continue;
+        }
+        const Info info = parse_entry(path, name, v, data_size);
+        auto pos = infos_.emplace(name, info).first;
+        order_.push_back(name);
+        if (info.end > info.begin) ranges.push_back({info.begin, info.end, &pos->first});
+    }
+    // After sorting by start, any overlap shows up between neighbours.
+    std::sort(ranges.begin(), ranges.end(),
+              [](const Range& a, const Range& b) { return a.begin < b.begin; });
+    for (size_t i = 1; i < ranges.size(); ++i) {
+        const Range &a = ranges[i - 1], &b = ranges[i];
+        if (b.begin < a.end)
+            bad(path, "tensors '" + *a.name + "' " + range_str(a.begin, a.end) + " and '" +
+                          *b.name + "' " + range_str(b.begin, b.end) + " overlap");
+    }
+    // File order is data order; a stable sort keeps header order among equal offsets.
+    std::stable_sort(order_.begin(), order_.end(), [&](const std::string& a, const std::string& b) {
+        return infos_.at(a).begin < infos_.at(b).begin;
+    });
+}
+
 SafetensorsFile::~SafetensorsFile() {
-    if (map_) ::munmap(const_cast<uint8_t*>(map_), map_size_);
+    release();
 }
 
 const std::string& SafetensorsFile::metadata(const std::string& key) const {
@@ -191,7 +322,9 @@ const std::string& SafetensorsFile::metadata(const std::string& key) const {
     return it->second;
 }
 
-std::vector<std::string> SafetensorsFile::names() const { return order_; }
+std::vector<std::string> SafetensorsFile::names() const {
+    return order_;
+}
 
 const SafetensorsFile::Info& SafetensorsFile::info(const std::string& name) const {
     auto it = infos_.find(name);
@@ -210,6 +343,8 @@ void SafetensorsFile::read(const std::string& name, const Shape& expected, R* ds
     if (!(i.shape == expected))
         MOE_FAIL(path_, ": tensor '", name, "' has shape ", i.shape.str(), ", expected ",
                  expected.str());
+    // memcpy per element: the data section is 8-byte aligned but a tensor inside it need
+    // not be (a bf16 tensor of odd length shifts every later one).
     const uint8_t* src = data_ + i.begin;
     const int64_t n = i.shape.numel();
     switch (i.dtype) {

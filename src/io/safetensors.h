@@ -6,13 +6,16 @@
 // string to string. We keep the model config and the tokenizer there.
 //
 // The reader maps the file and validates everything before handing out a byte: a truncated
-// file, a header length past the end, malformed JSON, an unknown dtype, offsets out of range
-// or overlapping, and a shape that does not match its byte size are each rejected with a
-// one-line moe::Error naming the file and the problem.
+// file, a header length past the end, malformed JSON, a key listed twice, an unknown dtype,
+// offsets out of range or overlapping, and a shape that does not match its byte size are
+// each rejected with a one-line moe::Error naming the file and the problem. (Built with
+// AddressSanitizer, it reads the file into an exactly-sized heap block instead, so that
+// any read past the end is caught; see tests/cmake/asan.cmake.)
 #pragma once
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -27,12 +30,14 @@ struct TensorToSave {
 };
 
 // Writes atomically: a temporary file beside `path`, fsync, rename, fsync of the directory.
-// A crash leaves either the old file or the new one, never half of one.
+// A crash leaves either the old file or the new one, never half of one. Tensors are written
+// in the given order (header and data); names must be unique, valid UTF-8 and not
+// "__metadata__", and are checked, with contiguity, before anything touches the disk.
 void save_safetensors(const std::string& path, const std::vector<TensorToSave>& tensors,
                       const std::map<std::string, std::string>& metadata = {});
 
 class SafetensorsFile {
-public:
+  public:
     struct Info {
         DType dtype;
         Shape shape;
@@ -49,7 +54,8 @@ public:
     const std::map<std::string, std::string>& metadata() const { return metadata_; }
     // Metadata value, or an error naming the file and the key.
     const std::string& metadata(const std::string& key) const;
-    std::vector<std::string> names() const;  // in file order
+    // In file order: by data offset, and in header order among zero-size tensors.
+    std::vector<std::string> names() const;
     bool contains(const std::string& name) const { return infos_.count(name) != 0; }
     const Info& info(const std::string& name) const;  // error naming the tensor if absent
     // The tensor's bytes inside the mapping (possibly unaligned).
@@ -62,10 +68,15 @@ public:
     // Reads a tensor of any float dtype as a flat vector (for tests and tools).
     std::vector<float> read_f32(const std::string& name) const;
 
-private:
+  private:
+    void parse_header();  // validates the mapped file and fills the tables below
+
+    void release();  // unmaps (or frees) the file's bytes
+
     std::string path_;
-    const uint8_t* map_ = nullptr;
+    const uint8_t* map_ = nullptr;  // the whole file: a mapping, or heap_ under ASan
     size_t map_size_ = 0;
+    std::unique_ptr<uint8_t[]> heap_;
     const uint8_t* data_ = nullptr;  // start of the data section
     std::map<std::string, Info> infos_;
     std::vector<std::string> order_;

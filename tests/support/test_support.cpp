@@ -77,10 +77,17 @@ double weighted_sum(const std::vector<double>& y, const std::vector<double>& wei
     return s;
 }
 
-std::string fixture_dir() {
-    const char* dir = std::getenv("MOE_FIXTURES");
-    return dir ? dir : "fixtures";
+namespace {
+std::string env_or(const char* name, const char* fallback) {
+    const char* v = std::getenv(name);
+    return v && *v ? v : fallback;
 }
+}  // namespace
+
+std::string fixture_dir() { return env_or("MOE_FIXTURES", MOE_FIXTURE_DIR); }
+std::string python() { return env_or("MOE_PYTHON", MOE_PYTHON_PATH); }
+std::string bin_dir() { return env_or("MOE_BIN", MOE_BIN_DIR); }
+std::string source_dir() { return env_or("MOE_SOURCE", MOE_SOURCE_DIR); }
 
 Fixture::Fixture(const std::string& name) {
     const std::string path = fixture_dir() + "/" + name + ".safetensors";

@@ -63,7 +63,12 @@ private:
     std::unique_ptr<io::SafetensorsFile> file_;
 };
 
-std::string fixture_dir();
+// Paths compiled in by tests/CMakeLists.txt; an environment variable of the same name
+// (MOE_FIXTURES, MOE_PYTHON, MOE_BIN, MOE_SOURCE) overrides each.
+std::string fixture_dir();  // where tests/reference/make_fixtures.py wrote the fixtures
+std::string python();       // the project venv's python (torch, numpy, safetensors)
+std::string bin_dir();      // the build directory holding `moe`
+std::string source_dir();   // the repository root
 // Converts between precisions for tests that run the f32 path on fixture data.
 std::vector<float> to_f32(const std::vector<double>& v);
 std::vector<double> to_f64(const std::vector<float>& v);
