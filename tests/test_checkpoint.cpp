@@ -18,21 +18,6 @@ namespace fs = std::filesystem;
 using train::load_checkpoint;
 using train::save_checkpoint;
 
-template <class F>
-::testing::AssertionResult throws_error_with(F&& f, std::initializer_list<std::string> parts) {
-    try {
-        f();
-    } catch (const Error& e) {
-        const std::string msg = e.what();
-        for (const std::string& p : parts)
-            if (msg.find(p) == std::string::npos)
-                return ::testing::AssertionFailure()
-                       << "message \"" << msg << "\" does not contain \"" << p << "\"";
-        return ::testing::AssertionSuccess();
-    }
-    return ::testing::AssertionFailure() << "did not throw";
-}
-
 // A small model's parameters: names are module paths, one bf16 entry, a scalar.
 Arena make_params() {
     Arena a;
@@ -116,7 +101,7 @@ TEST_F(Checkpoint, ParametersAloneLoadFromATrainingCheckpointWhenOptimizerIsIgno
 
     Arena only = make_params();
     // Without the ignore list, prefix "" claims the optimizer tensors as unexpected.
-    EXPECT_TRUE(throws_error_with(
+    EXPECT_TRUE(test::throws_error_with(
         [&] {
             load_checkpoint(path_, {{"", &only}});
         },
@@ -134,7 +119,7 @@ TEST_F(Checkpoint, MissingTensorNamesFileAndTensorAndLeavesArenasUnchanged) {
     fill(params2, 7);
     Arena before = params2.clone_layout();
     std::memcpy(before.get(0).data, params2.get(0).data, params2.bytes());
-    EXPECT_TRUE(throws_error_with(
+    EXPECT_TRUE(test::throws_error_with(
         [&] {
             load_checkpoint(path_, {{"", &params2}, {"optim.m.", &m2}});
         },
@@ -151,7 +136,7 @@ TEST_F(Checkpoint, WrongShapeNamesTensorAndBothShapes) {
     Arena b;
     b.add("layers.0.w", {4, 3});
     b.allocate();
-    EXPECT_TRUE(throws_error_with(
+    EXPECT_TRUE(test::throws_error_with(
         [&] {
             load_checkpoint(path_, {{"", &b}});
         },
@@ -166,7 +151,7 @@ TEST_F(Checkpoint, WrongDtypeNamesTensorAndBothDtypes) {
     Arena b;
     b.add("w", {2, 2});
     b.allocate();
-    EXPECT_TRUE(throws_error_with(
+    EXPECT_TRUE(test::throws_error_with(
         [&] {
             load_checkpoint(path_, {{"", &b}});
         },
@@ -180,7 +165,7 @@ TEST_F(Checkpoint, FileFromADifferentModelIsRejected) {
     other.allocate();
     save_checkpoint(path_, {{"", &other}}, {{"config", "other"}});
     Arena params = make_params();
-    EXPECT_TRUE(throws_error_with(
+    EXPECT_TRUE(test::throws_error_with(
         [&] {
             load_checkpoint(path_, {{"", &params}});
         },
@@ -195,7 +180,7 @@ TEST_F(Checkpoint, LargerModelWithExtraLayersListsTheExtraTensors) {
     extra.allocate();
     save_checkpoint(path_, {{"", &big}, {"", &extra}});
     Arena small = make_params();
-    EXPECT_TRUE(throws_error_with(
+    EXPECT_TRUE(test::throws_error_with(
         [&] {
             load_checkpoint(path_, {{"", &small}});
         },
@@ -210,7 +195,7 @@ TEST_F(Checkpoint, ExtraTensorUnderAGroupPrefixIsAnErrorOthersAreIgnored) {
                     {{"model.", &params}, {"optim.m.", &m}, {"optim.m.", &stray}, {"ema.", &m}});
     Arena p2 = make_params(), m2 = p2.clone_layout();
     // "optim.m.extra" starts with a group's prefix but is not in its arena.
-    EXPECT_TRUE(throws_error_with(
+    EXPECT_TRUE(test::throws_error_with(
         [&] {
             load_checkpoint(path_, {{"model.", &p2}, {"optim.m.", &m2}});
         },
@@ -222,21 +207,21 @@ TEST_F(Checkpoint, ExtraTensorUnderAGroupPrefixIsAnErrorOthersAreIgnored) {
 
 TEST_F(Checkpoint, CollidingNamesAndUnallocatedArenasAreRejected) {
     Arena a = make_params(), b = make_params();
-    EXPECT_TRUE(throws_error_with(
+    EXPECT_TRUE(test::throws_error_with(
         [&] {
             save_checkpoint(path_, {{"", &a}, {"", &b}});
         },
         {"tensor 'embed'", "given twice"}));
     Arena unallocated;
     unallocated.add("w", {2});
-    EXPECT_TRUE(throws_error_with(
+    EXPECT_TRUE(test::throws_error_with(
         [&] {
             save_checkpoint(path_, {{"opt.", &unallocated}});
         },
         {"'opt.'", "not allocated"}));
     EXPECT_FALSE(fs::exists(path_));
     save_checkpoint(path_, {{"", &a}});
-    EXPECT_TRUE(throws_error_with(
+    EXPECT_TRUE(test::throws_error_with(
         [&] {
             load_checkpoint(path_, {{"", &unallocated}});
         },
@@ -245,7 +230,7 @@ TEST_F(Checkpoint, CollidingNamesAndUnallocatedArenasAreRejected) {
 
 TEST_F(Checkpoint, MissingFileNamesThePath) {
     Arena a = make_params();
-    EXPECT_TRUE(throws_error_with(
+    EXPECT_TRUE(test::throws_error_with(
         [&] {
             load_checkpoint(path_, {{"", &a}});
         },

@@ -11,26 +11,17 @@
 namespace moe {
 namespace {
 
-std::string error_of(const std::function<void()>& f) {
-    try {
-        f();
-    } catch (const Error& e) {
-        return e.what();
-    }
-    return "";
-}
-
 TEST(Check, MessageNamesFileLineAndCondition) {
-    const std::string msg = error_of([] {
+    const std::string msg = test::error_of([] {
         int rows = 3;
         MOE_CHECK(rows == 4, "linear: got ", rows, " rows");
     });
     EXPECT_NE(msg.find("test_core.cpp:"), std::string::npos) << msg;
     EXPECT_NE(msg.find("linear: got 3 rows"), std::string::npos) << msg;
     EXPECT_NE(msg.find("[rows == 4]"), std::string::npos) << msg;
-    EXPECT_EQ(error_of([] { MOE_REQUIRE(1 + 1 == 3, "file.json: key 'x' bad"); }),
+    EXPECT_EQ(test::error_of([] { MOE_REQUIRE(1 + 1 == 3, "file.json: key 'x' bad"); }),
               "file.json: key 'x' bad");
-    EXPECT_EQ(error_of([] { MOE_CHECK(true, "never"); }), "");
+    EXPECT_EQ(test::error_of([] { MOE_CHECK(true, "never"); }), "");
 }
 
 TEST(Tensor, ContiguousStridesReshapeSliceIndex) {
@@ -51,18 +42,21 @@ TEST(Tensor, ContiguousStridesReshapeSliceIndex) {
     Tensor row = t[1];
     EXPECT_EQ(row.shape, (Shape{3, 4}));
     EXPECT_EQ(row.ptr<float>()[0], 12.0f);
-    EXPECT_NE(error_of([&] { t.reshape({5, 5}); }).find("cannot reshape f32[2, 3, 4] to [5, 5]"),
+    EXPECT_NE(test::error_of([&] {
+                  t.reshape({5, 5});
+              }).find("cannot reshape f32[2, 3, 4] to [5, 5]"),
               std::string::npos);
-    EXPECT_NE(error_of([&] { t.slice(1, 3); }).find("out of range"), std::string::npos);
-    EXPECT_NE(error_of([&] { t.ptr<double>(); }).find("read as f64"), std::string::npos);
-    EXPECT_NE(error_of([&] { check_shape(t, {2, 4, 3}, "attention: x"); })
-                  .find("attention: x: expected shape [2, 4, 3], got [2, 3, 4]"),
+    EXPECT_NE(test::error_of([&] { t.slice(1, 3); }).find("out of range"), std::string::npos);
+    EXPECT_NE(test::error_of([&] { t.ptr<double>(); }).find("read as f64"), std::string::npos);
+    EXPECT_NE(test::error_of([&] {
+                  check_shape(t, {2, 4, 3}, "attention: x");
+              }).find("attention: x: expected shape [2, 4, 3], got [2, 3, 4]"),
               std::string::npos);
 }
 
 TEST(Arena, AlignsEveryTensorAndKeepsOneLayout) {
     Arena a;
-    const int x = a.add("x", {3});        // 12 bytes, next offset rounds up to 64
+    const int x = a.add("x", {3});  // 12 bytes, next offset rounds up to 64
     const int w = a.add("w", {5, 7});
     const int ids = a.add("ids", {9}, DType::i32);
     a.allocate();
@@ -74,16 +68,17 @@ TEST(Arena, AlignsEveryTensorAndKeepsOneLayout) {
     EXPECT_EQ(b.bytes(), a.bytes());
     EXPECT_EQ(static_cast<char*>(b.get(w).data) - static_cast<char*>(b.get(x).data),
               static_cast<char*>(a.get(w).data) - static_cast<char*>(a.get(x).data));
-    EXPECT_NE(error_of([&] { a.get("nope"); }).find("no tensor named 'nope'"), std::string::npos);
-    EXPECT_NE(error_of([&] { a.f32_data(); }).find("'ids' is i32"), std::string::npos);
+    EXPECT_NE(test::error_of([&] { a.get("nope"); }).find("no tensor named 'nope'"),
+              std::string::npos);
+    EXPECT_NE(test::error_of([&] { a.f32_data(); }).find("'ids' is i32"), std::string::npos);
 }
 
 TEST(Arena, RejectsDuplicatesAndLateDeclarations) {
     Arena a;
     a.add("w", {2});
-    EXPECT_NE(error_of([&] { a.add("w", {3}); }).find("declared twice"), std::string::npos);
+    EXPECT_NE(test::error_of([&] { a.add("w", {3}); }).find("declared twice"), std::string::npos);
     a.allocate();
-    EXPECT_NE(error_of([&] { a.add("v", {3}); }).find("after allocate"), std::string::npos);
+    EXPECT_NE(test::error_of([&] { a.add("v", {3}); }).find("after allocate"), std::string::npos);
 }
 
 TEST(Rng, SameSeedSameSequenceAndSaneMoments) {

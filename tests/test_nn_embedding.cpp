@@ -57,30 +57,19 @@ TEST(Embedding, BackwardMatchesFiniteDifferences) {
     }
 }
 
-// The error message of `fn`, or "" if it did not throw moe::Error.
-template <class F>
-std::string error_of(F&& fn) {
-    try {
-        fn();
-    } catch (const Error& e) {
-        return e.what();
-    }
-    return "";
-}
-
 TEST(Embedding, OutOfRangeIdIsAnErrorNamingPositionAndId) {
     const int64_t V = 5, C = 2;
     std::vector<float> table(size_t(V * C), 1.0f), out(8, -1.0f), d_table(size_t(V * C), 0.0f);
     const std::vector<int32_t> too_big = {0, 1, 7, 2};
-    std::string msg =
-        error_of([&] { nn::embedding_forward(out.data(), too_big.data(), table.data(), 4, V, C); });
+    std::string msg = test::error_of(
+        [&] { nn::embedding_forward(out.data(), too_big.data(), table.data(), 4, V, C); });
     EXPECT_NE(msg.find("id 7"), std::string::npos) << msg;
     EXPECT_NE(msg.find("position 2"), std::string::npos) << msg;
     EXPECT_NE(msg.find("5"), std::string::npos) << msg;  // V
     EXPECT_EQ(out, std::vector<float>(8, -1.0f)) << "nothing is written before the check";
 
     const std::vector<int32_t> negative = {3, -1};
-    msg = error_of(
+    msg = test::error_of(
         [&] { nn::embedding_backward(d_table.data(), out.data(), negative.data(), 2, V, C); });
     EXPECT_NE(msg.find("id -1"), std::string::npos) << msg;
     EXPECT_NE(msg.find("position 1"), std::string::npos) << msg;

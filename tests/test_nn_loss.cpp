@@ -17,16 +17,6 @@ namespace {
 
 constexpr double kEpsF = std::numeric_limits<float>::epsilon();
 
-template <class F>
-std::string error_of(F&& fn) {
-    try {
-        fn();
-    } catch (const Error& e) {
-        return e.what();
-    }
-    return "";
-}
-
 // ---- cross-entropy ----
 
 class CrossEntropyGradient : public ::testing::Test {
@@ -139,12 +129,12 @@ TEST(CrossEntropy, TargetOutsideRangeIsAnErrorNamingRowAndValue) {
     const std::vector<double> logits(12, 0.5);
     std::vector<double> probs(12), d(12, 0.0);
     const std::vector<int32_t> too_big = {0, 3, 4, 1};  // V = 3
-    std::string msg = error_of(
+    std::string msg = test::error_of(
         [&] { nn::cross_entropy_forward(probs.data(), logits.data(), too_big.data(), 4, 3); });
     EXPECT_NE(msg.find("target 3"), std::string::npos) << msg;
     EXPECT_NE(msg.find("row 1"), std::string::npos) << msg;
     const std::vector<int32_t> below = {0, 1, -2, 1};
-    msg = error_of(
+    msg = test::error_of(
         [&] { nn::cross_entropy_backward(d.data(), probs.data(), below.data(), 4, 3, 1.0); });
     EXPECT_NE(msg.find("target -2"), std::string::npos) << msg;
     EXPECT_NE(msg.find("row 2"), std::string::npos) << msg;

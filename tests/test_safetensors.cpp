@@ -52,27 +52,9 @@ uint64_t header_length(const std::string& file) {
     return n;
 }
 
-// Success when f() throws moe::Error whose message contains every one of `parts`.
-template <class F>
-::testing::AssertionResult throws_error_with(F&& f, std::initializer_list<std::string> parts) {
-    try {
-        f();
-    } catch (const Error& e) {
-        const std::string msg = e.what();
-        for (const std::string& p : parts)
-            if (msg.find(p) == std::string::npos)
-                return ::testing::AssertionFailure()
-                       << "message \"" << msg << "\" does not contain \"" << p << "\"";
-        return ::testing::AssertionSuccess();
-    } catch (const std::exception& e) {
-        return ::testing::AssertionFailure() << "threw a non-moe exception: " << e.what();
-    }
-    return ::testing::AssertionFailure() << "did not throw";
-}
-
 ::testing::AssertionResult open_fails_with(const std::string& path,
                                            std::initializer_list<std::string> parts) {
-    return throws_error_with([&] { io::SafetensorsFile f(path); }, parts);
+    return test::throws_error_with([&] { io::SafetensorsFile f(path); }, parts);
 }
 
 // Each test gets its own directory: ctest runs test_safetensors and test_safetensors_asan
@@ -143,8 +125,9 @@ TEST_F(Safetensors, RoundTripsEveryDtypeAndAwkwardShapes) {
         ASSERT_EQ(bytes.size(), storage[i].size());
         EXPECT_TRUE(std::equal(bytes.begin(), bytes.end(), storage[i].begin()));
     }
-    EXPECT_TRUE(throws_error_with([&] { f.metadata("absent"); }, {path, "'absent'"}));
-    EXPECT_TRUE(throws_error_with([&] { f.info("absent"); }, {path, "no tensor named 'absent'"}));
+    EXPECT_TRUE(test::throws_error_with([&] { f.metadata("absent"); }, {path, "'absent'"}));
+    EXPECT_TRUE(
+        test::throws_error_with([&] { f.info("absent"); }, {path, "no tensor named 'absent'"}));
 }
 
 TEST_F(Safetensors, DataSectionStartsEightByteAlignedForEveryHeaderLength) {
@@ -217,12 +200,13 @@ TEST_F(Safetensors, ReadWithWrongShapeNamesBothShapes) {
     io::save_safetensors(path, {{"w", Tensor(x.data(), {3, 7})}});
     io::SafetensorsFile f(path);
     std::vector<float> dst(21);
-    EXPECT_TRUE(throws_error_with(
+    EXPECT_TRUE(test::throws_error_with(
         [&] {
             f.read("w", {7, 3}, dst.data());
         },
         {path, "tensor 'w'", "[3, 7]", "[7, 3]"}));
-    EXPECT_TRUE(throws_error_with([&] { f.read("w", {21}, dst.data()); }, {"[3, 7]", "[21]"}));
+    EXPECT_TRUE(
+        test::throws_error_with([&] { f.read("w", {21}, dst.data()); }, {"[3, 7]", "[21]"}));
 }
 
 TEST_F(Safetensors, ReadOfIntegerTensorAsFloatIsAnError) {
@@ -231,8 +215,8 @@ TEST_F(Safetensors, ReadOfIntegerTensorAsFloatIsAnError) {
     io::save_safetensors(path, {{"ids", Tensor(x.data(), {2}, DType::i32)}});
     io::SafetensorsFile f(path);
     float dst[2];
-    EXPECT_TRUE(throws_error_with([&] { f.read("ids", {2}, dst); },
-                                  {path, "'ids'", "i32", "floating-point"}));
+    EXPECT_TRUE(test::throws_error_with([&] { f.read("ids", {2}, dst); },
+                                        {path, "'ids'", "i32", "floating-point"}));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -406,22 +390,22 @@ TEST_F(Safetensors, NonStringMetadataValue) {
 TEST_F(Safetensors, SaveRejectsDuplicateReservedAndNonUtf8Names) {
     float x[2] = {1, 2};
     const std::string path = file("bad.safetensors");
-    EXPECT_TRUE(throws_error_with(
+    EXPECT_TRUE(test::throws_error_with(
         [&] {
             io::save_safetensors(path, {{"a", Tensor(x, {2})}, {"a", Tensor(x, {1})}});
         },
         {path, "tensor 'a'", "given twice"}));
-    EXPECT_TRUE(throws_error_with(
+    EXPECT_TRUE(test::throws_error_with(
         [&] {
             io::save_safetensors(path, {{"__metadata__", Tensor(x, {2})}});
         },
         {path, "reserved name"}));
-    EXPECT_TRUE(throws_error_with(
+    EXPECT_TRUE(test::throws_error_with(
         [&] {
             io::save_safetensors(path, {{"bad\xff", Tensor(x, {2})}});
         },
         {path, "cannot encode the header"}));
-    EXPECT_TRUE(throws_error_with(
+    EXPECT_TRUE(test::throws_error_with(
         [&] {
             io::save_safetensors(path, {{"n", Tensor(nullptr, {2})}});
         },
@@ -450,7 +434,7 @@ TEST_F(Safetensors, NonContiguousTensorLeavesOldFileIntact) {
     const std::string old_bytes = read_all(path);
     Tensor t(v.data(), {3, 2});
     t.strides[0] = 4;  // rows padded to 4: not contiguous
-    EXPECT_TRUE(throws_error_with(
+    EXPECT_TRUE(test::throws_error_with(
         [&] {
             io::save_safetensors(path, {{"ok", Tensor(v.data(), {2})}, {"padded", t}});
         },
@@ -474,7 +458,7 @@ TEST_F(Safetensors, WriteFailingMidwayLeavesOldFileIntactAndNoTempFile) {
     rlimit low = saved;
     low.rlim_cur = 64 * 1024;
     ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &low), 0);
-    auto result = throws_error_with(
+    auto result = test::throws_error_with(
         [&] {
             io::save_safetensors(
                 path, {{"a", Tensor(small.data(), {3})}, {"big", Tensor(big.data(), {1 << 18})}});
@@ -492,7 +476,7 @@ TEST_F(Safetensors, WriteFailingMidwayLeavesOldFileIntactAndNoTempFile) {
 TEST_F(Safetensors, SaveIntoMissingDirectoryNamesThePath) {
     float x = 1;
     const std::string path = file("no/such/dir/x.safetensors");
-    EXPECT_TRUE(throws_error_with(
+    EXPECT_TRUE(test::throws_error_with(
         [&] {
             io::save_safetensors(path, {{"x", Tensor(&x, {1})}});
         },

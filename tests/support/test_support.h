@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "core/check.h"
 #include "core/rng.h"
 #include "io/safetensors.h"
 
@@ -22,8 +23,7 @@ template <class A, class B>
                                      double atol, double rtol);
 
 inline ::testing::AssertionResult all_close(const std::vector<float>& a,
-                                            const std::vector<float>& b, double atol,
-                                            double rtol) {
+                                            const std::vector<float>& b, double atol, double rtol) {
     return all_close<float, float>(a, b, atol, rtol);
 }
 inline ::testing::AssertionResult all_close(const std::vector<double>& a,
@@ -50,16 +50,45 @@ std::vector<float> random_normal_f32(size_t n, uint64_t seed, float scale = 1.0f
 // Finite-difference tests use it so that every output element gets a distinct gradient.
 double weighted_sum(const std::vector<double>& y, const std::vector<double>& weights);
 
+// The message of the moe::Error that fn throws, or "" if it throws none.
+template <class F>
+std::string error_of(F&& fn) {
+    try {
+        fn();
+    } catch (const Error& e) {
+        return e.what();
+    }
+    return "";
+}
+
+// Success when fn throws moe::Error whose message contains every one of `parts`.
+template <class F>
+::testing::AssertionResult throws_error_with(F&& fn, std::initializer_list<std::string> parts) {
+    try {
+        fn();
+    } catch (const Error& e) {
+        const std::string msg = e.what();
+        for (const std::string& p : parts)
+            if (msg.find(p) == std::string::npos)
+                return ::testing::AssertionFailure()
+                       << "message \"" << msg << "\" does not contain \"" << p << "\"";
+        return ::testing::AssertionSuccess();
+    } catch (const std::exception& e) {
+        return ::testing::AssertionFailure() << "threw a non-moe exception: " << e.what();
+    }
+    return ::testing::AssertionFailure() << "did not throw";
+}
+
 // A PyTorch fixture: $MOE_FIXTURES/NAME.safetensors, made by tests/reference/gen_NAME.py.
 class Fixture {
-public:
+  public:
     explicit Fixture(const std::string& name);
     std::vector<double> get(const std::string& tensor) const;  // any float dtype
     std::vector<int64_t> get_int(const std::string& tensor) const;
     Shape shape(const std::string& tensor) const { return file_->info(tensor).shape; }
     const io::SafetensorsFile& file() const { return *file_; }
 
-private:
+  private:
     std::unique_ptr<io::SafetensorsFile> file_;
 };
 
