@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs every system dependency of moe.cpp, and only what is missing, so it is safe to
-# run before every build. Debian packages only, plus one small PyPI package (safetensors)
-# in a project-local virtual environment for the interoperability test.
+# run before every build. Debian packages, plus two PyPI packages that Debian 12 does not
+# package (safetensors, tensorboard) in a project-local virtual environment, used only by the
+# tests that check our files load in those tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,11 +32,12 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# Python's safetensors package is not packaged by Debian 12; the interoperability test
-# loads our files with it from a venv that still sees Debian's torch and numpy.
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import safetensors" 2>/dev/null; then
-    echo "setup: creating .venv with the safetensors package"
+# Python's safetensors and tensorboard packages are not packaged by Debian 12; the
+# interoperability tests load our files with them from a venv that still sees Debian's torch
+# and numpy.
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import safetensors, tensorboard" 2>/dev/null; then
+    echo "setup: creating .venv with the safetensors and tensorboard packages"
     /usr/bin/python3 -m venv --system-site-packages .venv
-    .venv/bin/python -m pip install -q safetensors
+    .venv/bin/python -m pip install -q safetensors tensorboard
 fi
 echo "setup: all dependencies present"
