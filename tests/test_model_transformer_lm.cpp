@@ -113,3 +113,68 @@ TEST(TransformerLM, SameSeedSameWeights) {
 
 }  // namespace
 }  // namespace moe
+
+namespace moe {
+namespace {
+
+// An MoE model with one expert and top-1 routing computes exactly the dense model: the
+// router's softmax over one expert is 1, so the expert's output passes with weight 1.
+// Copying the dense FFN weights into the expert must give the same loss and gradients.
+TEST(TransformerLM, OneExpertMoeEqualsTheDenseModel) {
+    models::LmConfig dense_cfg = fixture_config(false);
+    models::LmConfig moe_cfg = dense_cfg;
+    moe_cfg.ffn = "moe";
+    moe_cfg.dense_layers = 1;  // layer 0 stays dense, layer 1 is MoE
+    moe_cfg.moe.n_experts = 1;
+    moe_cfg.moe.top_k = 1;
+    moe_cfg.moe.d_expert = dense_cfg.d_ff;
+    moe_cfg.moe.aux_loss_coef = 0;
+    models::TransformerLM dense(dense_cfg, 2), sparse(moe_cfg, 2);
+    dense.init_weights(3);
+    sparse.init_weights(4);
+    ASSERT_NE(sparse.moe_layer(1), nullptr);
+    EXPECT_EQ(sparse.moe_layer(0), nullptr);
+    auto copy = [&](const std::string& from, const std::string& to) {
+        Tensor src = dense.params().get(from), dst = sparse.params().get(to);
+        ASSERT_EQ(src.numel(), dst.numel()) << from << " -> " << to;
+        std::copy(src.ptr<float>(), src.ptr<float>() + src.numel(), dst.ptr<float>());
+    };
+    for (const auto& e : dense.params().entries()) {
+        std::string to = e.name;
+        if (to.rfind("layers.1.ffn.", 0) == 0) to = "layers.1.moe.experts." + to.substr(13);
+        copy(e.name, to);
+    }
+    std::vector<int32_t> tokens(18), targets(18);
+    for (int i = 0; i < 18; ++i) tokens[i] = (i * 7) % 37, targets[i] = (i * 5 + 1) % 37;
+    const double ld = dense.forward(tokens.data(), targets.data(), 2, 9);
+    const double ls = sparse.forward(tokens.data(), targets.data(), 2, 9);
+    EXPECT_NEAR(ls, ld, 1e-6);
+    EXPECT_EQ(sparse.router_loss(), 0.0);
+    dense.grads().zero();
+    sparse.grads().zero();
+    dense.backward();
+    sparse.backward();
+    for (const auto& e : dense.params().entries()) {
+        std::string to = e.name;
+        if (to.rfind("layers.1.ffn.", 0) == 0) to = "layers.1.moe.experts." + to.substr(13);
+        Tensor gd = dense.grads().get(e.name), gs = sparse.grads().get(to);
+        std::vector<float> a(gs.ptr<float>(), gs.ptr<float>() + gs.numel());
+        std::vector<float> b(gd.ptr<float>(), gd.ptr<float>() + gd.numel());
+        EXPECT_TRUE(test::all_close(a, b, 1e-6, 1e-4)) << e.name;
+    }
+    // The router's weight gets no gradient: its single expert always has probability 1.
+    Tensor gw = sparse.grads().get("layers.1.moe.router.w");
+    for (int64_t i = 0; i < gw.numel(); ++i) EXPECT_EQ(gw.ptr<float>()[i], 0.0f);
+}
+
+TEST(TransformerLM, MoeConfigErrorsNameTheKey) {
+    models::LmConfig cfg = fixture_config(false);
+    cfg.ffn = "sparse";
+    EXPECT_TRUE(test::throws_error_with([&] { models::TransformerLM m(cfg, 1); }, {"model.ffn"}));
+    cfg.ffn = "moe";
+    cfg.moe.router = "expert_choice";  // sees the future: refused in a causal LM
+    EXPECT_TRUE(test::throws_error_with([&] { models::TransformerLM m(cfg, 1); }, {"causal"}));
+}
+
+}  // namespace
+}  // namespace moe

@@ -24,6 +24,16 @@ void LmConfig::validate() const {
     MOE_REQUIRE(d_ff > 0, "model.d_ff must be > 0, got ", d_ff);
     MOE_REQUIRE(seq_len > 0, "model.seq_len must be > 0, got ", seq_len);
     MOE_REQUIRE(norm_eps > 0, "model.norm_eps must be > 0, got ", norm_eps);
+    MOE_REQUIRE(ffn == "dense" || ffn == "moe", "model.ffn must be \"dense\" or \"moe\", got \"",
+                ffn, "\"");
+    MOE_REQUIRE(dense_layers >= 0 && dense_layers <= n_layers, "model.dense_layers (", dense_layers,
+                ") must be in [0, model.n_layers = ", n_layers, "]");
+    if (ffn == "moe") {
+        sparse::MoeConfig m = moe;
+        m.d_model = d_model;
+        m.causal = true;
+        m.validate();
+    }
 }
 
 nn::AttentionConfig TransformerLM::attn_config() const {
@@ -54,15 +64,27 @@ TransformerLM::TransformerLM(const LmConfig& cfg, int64_t max_batch)
         lp.wv = params_.add(p + "attn.wv", {C, C});
         lp.wo = params_.add(p + "attn.wo", {C, C});
         lp.ffn_norm = params_.add(p + "ffn_norm", {C});
-        lp.w1 = params_.add(p + "ffn.w1", {H, C});
-        lp.w3 = params_.add(p + "ffn.w3", {H, C});
-        lp.w2 = params_.add(p + "ffn.w2", {C, H});
+        lp.w1 = lp.w3 = lp.w2 = -1;
+        if (cfg.is_moe_layer(l)) {
+            sparse::MoeConfig m = cfg.moe;
+            m.d_model = C;
+            m.causal = true;
+            moe_.push_back(std::make_unique<sparse::MoeLayer<float>>(m, N, T));
+            moe_.back()->declare(params_, p + "moe.");
+        } else {
+            moe_.push_back(nullptr);
+            lp.w1 = params_.add(p + "ffn.w1", {H, C});
+            lp.w3 = params_.add(p + "ffn.w3", {H, C});
+            lp.w2 = params_.add(p + "ffn.w2", {C, H});
+        }
         lp_.push_back(lp);
     }
     final_norm_ = params_.add("final_norm", {C});
     lm_head_ = cfg.tie_embeddings ? tok_emb_ : params_.add("lm_head", {V, C});
     params_.allocate();
     grads_ = params_.clone_layout();
+    for (auto& m : moe_)
+        if (m) m->bind(params_, grads_);
 
     // Activations kept for backward, then gradient buffers shared by all layers.
     tokens_id_ = acts_.add("tokens", {N}, DType::i32);
@@ -81,9 +103,12 @@ TransformerLM::TransformerLM(const LmConfig& cfg, int64_t max_batch)
         la.x_mid = acts_.add(p + "x_mid", {N, C});
         la.ffn_norm_out = acts_.add(p + "ffn_norm_out", {N, C});
         la.ffn_rstd = acts_.add(p + "ffn_rstd", {N});
-        la.h1 = acts_.add(p + "h1", {N, H});
-        la.h3 = acts_.add(p + "h3", {N, H});
-        la.act = acts_.add(p + "act", {N, H});
+        la.h1 = la.h3 = la.act = -1;
+        if (!cfg.is_moe_layer(l)) {  // an MoE layer keeps its own activations
+            la.h1 = acts_.add(p + "h1", {N, H});
+            la.h3 = acts_.add(p + "h3", {N, H});
+            la.act = acts_.add(p + "act", {N, H});
+        }
         la_.push_back(la);
     }
     x_final_ = acts_.add("x_final", {N, C});
@@ -105,12 +130,20 @@ int64_t TransformerLM::num_params() const {
     return n;
 }
 
+size_t TransformerLM::activation_bytes() const {
+    size_t n = acts_.bytes();
+    for (const auto& m : moe_)
+        if (m) n += m->activations().bytes();
+    return n;
+}
+
 void TransformerLM::init_weights(uint64_t seed) {
     const Rng base(seed);
     const float std_out = float(cfg_.init_std / std::sqrt(2.0 * double(cfg_.n_layers)));
     const auto& entries = params_.entries();
     for (size_t i = 0; i < entries.size(); ++i) {
         const auto& e = entries[i];
+        if (e.name.find(".moe.") != std::string::npos) continue;  // the MoE layer's own init
         float* w = params_.get(int(i)).ptr<float>();
         const int64_t n = e.shape.numel();
         if (e.shape.rank == 1) {  // norm gains
@@ -122,10 +155,22 @@ void TransformerLM::init_weights(uint64_t seed) {
         Rng rng = base.fork(i);  // one stream per tensor: adding a tensor moves no other
         for (int64_t j = 0; j < n; ++j) w[j] = stddev * rng.normal();
     }
+    // MoE layers initialise their own tensors (router, experts, shared experts): the same
+    // std, and the residual-scaled std for the expert down projections.
+    for (size_t l = 0; l < moe_.size(); ++l) {
+        if (!moe_[l]) continue;
+        Rng rng = base.fork(1000003 + l);
+        moe_[l]->init_weights(rng, cfg_.init_std, std_out);
+    }
+}
+
+void TransformerLM::after_step() {
+    for (auto& m : moe_)
+        if (m) m->after_step();
 }
 
 double TransformerLM::forward(const int32_t* tokens, const int32_t* targets, int64_t B,
-                              int64_t T) {
+                              int64_t T, const ForwardOptions& opt) {
     MOE_CHECK(B > 0 && B <= max_batch_, "TransformerLM::forward: batch ", B,
               " outside [1, max_batch=", max_batch_, "]");
     MOE_CHECK(T > 0 && T <= cfg_.seq_len, "TransformerLM::forward: sequence length ", T,
@@ -141,6 +186,7 @@ double TransformerLM::forward(const int32_t* tokens, const int32_t* targets, int
     if (targets) std::memcpy(acts_.get(targets_id_).ptr<int32_t>(), targets, size_t(N) * 4);
 
     nn::embedding_forward(a(la_[0].x_in), tok, p(tok_emb_), N, V, C);
+    router_loss_ = 0;
     for (size_t l = 0; l < la_.size(); ++l) {
         const LayerParams& P = lp_[l];
         const LayerActs& A = la_[l];
@@ -154,8 +200,17 @@ double TransformerLM::forward(const int32_t* tokens, const int32_t* targets, int
         kernels::add(x_mid, x_mid, x, N * C);
         kernels::rmsnorm_forward(a(A.ffn_norm_out), a(A.ffn_rstd), x_mid, p(P.ffn_norm), N, C,
                                  eps);
-        nn::swiglu_mlp_forward(x_out, a(A.h1), a(A.h3), a(A.act), a(A.ffn_norm_out), p(P.w1),
-                               p(P.w3), p(P.w2), N, C, H);
+        if (moe_[l]) {
+            sparse::RouterInput<float> extras;
+            extras.token_ids = tok;
+            extras.labels = opt.domains;
+            extras.training = opt.training;
+            extras.seed = opt.seed * 1000003ull + l;  // a different noise stream per layer
+            router_loss_ += moe_[l]->forward(x_out, a(A.ffn_norm_out), N, extras);
+        } else {
+            nn::swiglu_mlp_forward(x_out, a(A.h1), a(A.h3), a(A.act), a(A.ffn_norm_out),
+                                   p(P.w1), p(P.w3), p(P.w2), N, C, H);
+        }
         kernels::add(x_out, x_out, x_mid, N * C);
     }
     kernels::rmsnorm_forward(a(final_norm_out_), a(final_rstd_), a(x_final_), p(final_norm_), N,
@@ -190,9 +245,13 @@ void TransformerLM::backward() {
         const LayerActs& A = la_[l];
         // Feed-forward branch: d_stream holds d/d(x_out) and gains the branch's d/d(x_mid).
         std::memset(d_norm, 0, nc_bytes);
-        nn::swiglu_mlp_backward(d_norm, g(P.w1), g(P.w3), g(P.w2), a(scratch_), d_stream,
-                                a(A.ffn_norm_out), a(A.h1), a(A.h3), a(A.act), p(P.w1), p(P.w3),
-                                p(P.w2), N, C, H);
+        if (moe_[l]) {
+            moe_[l]->backward(d_stream, d_norm);  // also the router losses' gradients
+        } else {
+            nn::swiglu_mlp_backward(d_norm, g(P.w1), g(P.w3), g(P.w2), a(scratch_), d_stream,
+                                    a(A.ffn_norm_out), a(A.h1), a(A.h3), a(A.act), p(P.w1),
+                                    p(P.w3), p(P.w2), N, C, H);
+        }
         kernels::rmsnorm_backward(d_stream, g(P.ffn_norm), d_norm, a(A.x_mid), p(P.ffn_norm),
                                   a(A.ffn_rstd), N, C);
         // Attention branch: d_stream now holds d/d(x_mid) and gains d/d(x_in).

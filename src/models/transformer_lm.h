@@ -1,8 +1,13 @@
-// TransformerLM: a decoder-only transformer language model (the dense baseline).
+// TransformerLM: a decoder-only transformer language model, dense or Mixture-of-Experts.
 //
 //   x = tok_emb[tokens]
-//   for each layer:  x = x + attn(rmsnorm(x)),  x = x + swiglu_mlp(rmsnorm(x))
+//   for each layer:  x = x + attn(rmsnorm(x)),  x = x + ffn(rmsnorm(x))
 //   logits = rmsnorm(x) @ lm_head^T          (lm_head = tok_emb when tie_embeddings)
+//
+// ffn is a dense SwiGLU MLP (ffn = "dense", the baseline) or an MoE layer with any router
+// (ffn = "moe"; the first dense_layers layers may stay dense). The MoE layers' router
+// losses (balancing, z-loss, assignment) are added to the training objective: forward
+// returns the cross-entropy and router_loss() the rest; backward includes both.
 //
 // Parameters, gradients and activations live in arenas sized once at construction for
 // max_batch sequences of seq_len tokens: forward and backward allocate nothing.
@@ -11,10 +16,13 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
+#include <string>
 #include <string>
 #include <vector>
 
 #include "core/arena.h"
+#include "moe/moe_layer.h"
 #include "nn/attention.h"
 
 namespace moe::models {
@@ -31,7 +39,19 @@ struct LmConfig {
     double rope_theta = 10000.0;
     double init_std = 0.02;
 
+    std::string ffn = "dense";  // "dense" or "moe"
+    int64_t dense_layers = 0;   // with ffn = "moe": the first dense_layers layers stay dense
+    sparse::MoeConfig moe;      // with ffn = "moe" (d_model and causal come from the model)
+
+    bool is_moe_layer(int64_t layer) const { return ffn == "moe" && layer >= dense_layers; }
     void validate() const;  // errors name the field and value
+};
+
+// What a forward needs beyond tokens: the MoE routers' inputs.
+struct ForwardOptions {
+    const int32_t* domains = nullptr;  // [B, T] domain label of each token (assigned router)
+    bool training = false;             // router noise and jitter, routing by label
+    uint64_t seed = 0;                 // router noise and jitter come from this seed
 };
 
 class TransformerLM {
@@ -46,9 +66,18 @@ public:
     // tokens, targets: [B, T] with B <= max_batch, T <= seq_len. Returns the mean
     // cross-entropy over targets != -1. With targets == nullptr, computes logits only
     // (read them with logits()) and returns 0.
-    double forward(const int32_t* tokens, const int32_t* targets, int64_t B, int64_t T);
-    // Accumulates d(loss)/d(param) into grads() for the last forward (which needs targets).
+    double forward(const int32_t* tokens, const int32_t* targets, int64_t B, int64_t T,
+                   const ForwardOptions& opt = {});
+    // Accumulates d(loss + router_loss)/d(param) into grads() for the last forward (which
+    // needs targets).
     void backward();
+    // Sum of the MoE layers' weighted router losses in the last forward (0 if dense).
+    double router_loss() const { return router_loss_; }
+    // After each optimizer step: the MoE routers' non-gradient updates (selection bias).
+    void after_step();
+
+    // The MoE layer of `layer`, or null for a dense layer.
+    sparse::MoeLayer<float>* moe_layer(int64_t layer) const { return moe_[size_t(layer)].get(); }
 
     // [B, T, vocab] logits of the last forward without targets.
     const float* logits() const { return logits_; }
@@ -58,7 +87,7 @@ public:
     Arena& grads() { return grads_; }
     const Arena& params() const { return params_; }
     int64_t num_params() const;
-    size_t activation_bytes() const { return acts_.bytes(); }
+    size_t activation_bytes() const;  // the model's arena plus its MoE layers'
 
 private:
     struct LayerParams {
@@ -79,6 +108,8 @@ private:
     int tok_emb_, final_norm_, lm_head_;
     std::vector<LayerParams> lp_;
     std::vector<LayerActs> la_;
+    std::vector<std::unique_ptr<sparse::MoeLayer<float>>> moe_;  // null for dense layers
+    double router_loss_ = 0;
     int x_final_, final_norm_out_, final_rstd_, logits_id_, d_logits_, d_stream_, d_norm_,
         scratch_, tokens_id_, targets_id_;
     float* logits_ = nullptr;
