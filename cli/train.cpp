@@ -1,4 +1,5 @@
 // `moe train CONFIG [--set key=value ...] [--resume]` and `moe demo`.
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -97,8 +98,8 @@ int run_demo(int argc, char** argv) {
     const train::LmTrainConfig c = train::read_lm_train_config(cfg);
     const train::TrainResult r = train::train_lm(c, /*resume=*/false);
     if (!r.interrupted)
-        std::printf("demo: training loss %.3f -> %.3f, validation loss %.3f (%.2f bits/byte)\n",
-                    r.first_loss, r.last_loss, r.val_loss, r.val_loss / 0.6931471805599453);
+        std::printf("demo: training loss %.3f -> %.3f, validation loss %.3f (perplexity %.1f)\n",
+                    r.first_loss, r.last_loss, r.val_loss, std::exp(r.val_loss));
     return report(r);
 }
 

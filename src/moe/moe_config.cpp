@@ -98,4 +98,31 @@ MoeConfig moe_config_from(io::Config& c, const std::string& section) {
     return m;
 }
 
+nlohmann::json moe_config_to_json(const MoeConfig& m) {
+    return {{"router", m.router},
+            {"n_experts", m.n_experts},
+            {"top_k", m.top_k},
+            {"d_expert", m.d_expert},
+            {"expert", m.expert == ExpertKind::swiglu ? "swiglu" : "gelu"},
+            {"renormalize", m.renormalize},
+            {"softmax_after_topk", m.softmax_after_topk},
+            {"capacity_factor", m.capacity_factor},
+            {"drop_policy", m.drop_policy == DropPolicy::probability ? "probability" : "position"},
+            {"n_shared", m.n_shared},
+            {"d_shared", m.d_shared},
+            {"shared_gate", m.shared_gate},
+            {"aux_loss_coef", m.aux_loss_coef},
+            {"z_loss_coef", m.z_loss_coef},
+            {"importance_coef", m.importance_coef},
+            {"load_coef", m.load_coef},
+            {"jitter", m.jitter},
+            {"bias_update_rate", m.bias_update_rate},
+            {"route_scale", m.route_scale},
+            {"n_groups", m.n_groups},
+            {"topk_groups", m.topk_groups},
+            {"domain_experts", m.domain_experts},
+            {"assign_loss_coef", m.assign_loss_coef},
+            {"slots_per_expert", m.slots_per_expert}};
+}
+
 }  // namespace moe::sparse

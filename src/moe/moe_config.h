@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -72,5 +73,8 @@ struct MoeConfig {
 // expert is "swiglu" or "gelu", drop_policy "probability" or "position", domain_experts a
 // list of integer lists. Validates the result; errors name the key ("moe.top_k ...").
 MoeConfig moe_config_from(io::Config& config, const std::string& section);
+// Every key moe_config_from reads, with this config's values (d_model and causal are the
+// model's, not keys). moe_config_from(moe_config_to_json(c)) == c.
+nlohmann::json moe_config_to_json(const MoeConfig& c);
 
 }  // namespace moe::sparse

@@ -24,9 +24,10 @@ struct TrainOptions {
     int64_t seed = 1;
     int64_t threads = 0;  // 0: all cores
     int64_t log_every = 10;
-    int64_t eval_every = 100;     // 0: only at the end
-    int64_t eval_windows = 32;    // validation windows of seq_len tokens
-    int64_t checkpoint_every = 0; // 0: only at the end (and on Ctrl-C)
+    int64_t eval_every = 100;      // 0: only at the end
+    int64_t eval_windows = 32;     // validation windows of seq_len tokens
+    int64_t checkpoint_every = 0;  // 0: only at the end (and on Ctrl-C)
+    bool tensorboard = true;       // event files in out_dir for TensorBoard
 };
 
 struct DataOptions {
@@ -43,6 +44,8 @@ struct LmTrainConfig {
 
 // Reads every section from `cfg` and rejects unknown keys and bad values, naming them.
 LmTrainConfig read_lm_train_config(io::Config& cfg);
+// The same from the "config" metadata of a checkpoint (to_json's output).
+LmTrainConfig lm_train_config_from_json(const std::string& json, const std::string& source);
 // The full config with every default filled in (saved with checkpoints).
 nlohmann::json to_json(const LmTrainConfig& c);
 

@@ -1,8 +1,9 @@
 // The language-model training loop: data, model, AdamW, schedule, progress, validation,
 // metrics, checkpoints, resume and Ctrl-C.
 //
-// Files in out_dir:  checkpoint.safetensors (parameters, AdamW moments, step, config),
-//                    metrics.jsonl (one JSON object per logged step or evaluation).
+// Files in out_dir:  checkpoint.safetensors (parameters, AdamW moments, step, config,
+//                    tokenizer, domain names), metrics.jsonl (one JSON object per logged
+//                    step or evaluation), events.out.tfevents.* (the same for TensorBoard).
 // Resuming loads the checkpoint and continues at the saved step; batches depend only on
 // (seed, step), so a resumed run computes the same losses as an uninterrupted one.
 #pragma once
@@ -11,6 +12,7 @@
 #include <functional>
 #include <string>
 
+#include "models/transformer_lm.h"
 #include "train/lm_train_config.h"
 
 namespace moe::train {
@@ -32,6 +34,15 @@ struct TrainHooks {
 };
 
 TrainResult train_lm(const LmTrainConfig& cfg, bool resume, const TrainHooks& hooks = {});
+
+// What the MoE layers of a model did in its last forward, averaged over those layers.
+struct RoutingSummary {
+    int moe_layers = 0;
+    double load_imbalance = 0;    // max / mean tokens per expert (1 = even)
+    double dropped = 0;           // share of choices dropped by capacity
+    double assign_accuracy = -1;  // assigned router: share of tokens whose domain the gate predicts
+};
+RoutingSummary summarize_routing(const models::TransformerLM& model);
 
 // The checkpoint file of a run directory.
 std::string checkpoint_path(const std::string& out_dir);
