@@ -87,6 +87,7 @@ MoeConfig small_config(int64_t E, int64_t k, int64_t d = 6, int64_t H = 5) {
     c.aux_loss_coef = 0.1;
     c.z_loss_coef = 0.02;
     c.importance_coef = 0.05;
+    c.causal = false;  // capacity by probability is allowed only without a causal mask
     return c;
 }
 
@@ -592,6 +593,29 @@ TEST(MoeConfig, ErrorsNameTheOption) {
     MoeConfig c;
     c.aux_loss_coef = -0.1;
     EXPECT_THROW(c.validate(), Error);
+}
+
+}  // namespace
+}  // namespace moe::sparse
+
+namespace moe::sparse {
+namespace {
+
+TEST(MoeConfig, CausalModelsRefuseDroppingByProbability) {
+    MoeConfig c = small_config(4, 2);
+    c.capacity_factor = 1.0;
+    c.causal = true;
+    EXPECT_TRUE(test::throws_error_with([&] { c.validate(); }, {"moe.drop_policy", "causal"}));
+    c.drop_policy = DropPolicy::position;
+    c.validate();  // by position: a token only competes with earlier ones
+}
+
+TEST(MoeConfig, AssignedNeedsTopKExpertsPerDomain) {
+    MoeConfig c = small_config(4, 2);
+    c.router = "assigned";
+    c.domain_experts = {{0, 1}, {2}};
+    EXPECT_TRUE(
+        test::throws_error_with([&] { c.validate(); }, {"moe.domain_experts[1]", "moe.top_k"}));
 }
 
 }  // namespace

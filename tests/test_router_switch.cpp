@@ -21,6 +21,7 @@ sparse::MoeConfig switch_cfg(int64_t E, int64_t d, double cf, sparse::DropPolicy
     c.d_model = d;
     c.capacity_factor = cf;
     c.drop_policy = policy;
+    c.causal = false;  // capacity by probability is allowed only without a causal mask
     c.aux_loss_coef = 0.4;
     c.z_loss_coef = 0.05;
     c.importance_coef = 0.3;

@@ -47,7 +47,17 @@ void MoeConfig::validate() const {
         for (int64_t e : domain_experts[dom])
             MOE_REQUIRE(e >= 0 && e < n_experts, "moe.domain_experts[", dom, "] names expert ", e,
                         ", outside [0, moe.n_experts (", n_experts, "))");
+        if (router == "assigned")
+            MOE_REQUIRE(int64_t(domain_experts[dom].size()) == top_k, "moe.domain_experts[", dom,
+                        "] lists ", domain_experts[dom].size(),
+                        " experts; the assigned router needs exactly moe.top_k (", top_k, ")");
     }
+    // Dropping by probability compares a token with every other token of the batch, later
+    // ones included: in a causal model a token's output would depend on the future.
+    MOE_REQUIRE(!(causal && capacity_factor > 0 && drop_policy == DropPolicy::probability),
+                "moe.capacity_factor > 0 with moe.drop_policy \"probability\" lets later tokens "
+                "push earlier ones out of an expert, which a causal model must not allow: use "
+                "\"position\" or capacity_factor 0 (dropless)");
 }
 
 MoeConfig moe_config_from(io::Config& c, const std::string& section) {

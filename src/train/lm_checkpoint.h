@@ -1,0 +1,30 @@
+// Loading a trained language model back from its checkpoint: the config, tokenizer and
+// domain names kept in the metadata rebuild the model, then the weights are read.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "data/bpe_tokenizer.h"
+#include "models/transformer_lm.h"
+#include "train/lm_train_config.h"
+
+namespace moe::train {
+
+struct LoadedLm {
+    std::string path;  // the checkpoint file
+    LmTrainConfig cfg;
+    data::BpeTokenizer tokenizer;
+    std::vector<std::string> domains;  // training domains, index = label
+    int64_t step = 0;
+    std::unique_ptr<models::TransformerLM> model;
+};
+
+// `path` is a checkpoint file or a run directory holding checkpoint.safetensors.
+// max_batch: sequences per forward the model is sized for. Optimizer state is skipped.
+// Errors name the file and what is missing or inconsistent.
+LoadedLm load_lm(const std::string& path, int64_t max_batch);
+
+}  // namespace moe::train
