@@ -3,18 +3,23 @@
 #include <cstring>
 #include <string>
 
+#include "cli/args.h"
 #include "cli/commands.h"
 #include "core/check.h"
 
 namespace {
 void usage(FILE* out) {
-    std::fprintf(out,
-                 "usage: moe COMMAND [options]\n\n"
-                 "commands:\n"
-                 "  demo      train a small language model on the default corpus and show it learning\n"
-                 "  train     train a model from a config file\n"
-                 "  info      list the tensors and metadata of a safetensors checkpoint\n\n"
-                 "Run 'moe COMMAND --help' for the options of a command.\n");
+    std::fprintf(
+        out,
+        "usage: moe COMMAND [options]\n\n"
+        "commands:\n"
+        "  demo      train a small language model on the default corpus and show it learning\n"
+        "  train     train a model from a config file\n"
+        "  eval      validation loss and perplexity of a trained model, per domain\n"
+        "  generate  write text with a trained model\n"
+        "  inspect   routing report: expert load, domain-by-expert usage heatmaps\n"
+        "  info      list the tensors and metadata of a safetensors checkpoint\n\n"
+        "Run 'moe COMMAND --help' for the options of a command.\n");
 }
 }  // namespace
 
@@ -28,6 +33,13 @@ int main(int argc, char** argv) {
         if (cmd == "demo") return moe::cli::run_demo(argc - 1, argv + 1);
         if (cmd == "train") return moe::cli::run_train(argc - 1, argv + 1);
         if (cmd == "info") return moe::cli::run_info(argc - 1, argv + 1);
+        if (cmd == "eval") return moe::cli::run_eval(argc - 1, argv + 1);
+        if (cmd == "inspect") return moe::cli::run_inspect(argc - 1, argv + 1);
+        if (cmd == "generate") return moe::cli::run_generate(argc - 1, argv + 1);
+    } catch (const moe::cli::UsageError& e) {
+        std::fprintf(stderr, "moe %s: %s (see moe %s --help)\n", cmd.c_str(), e.what(),
+                     cmd.c_str());
+        return 2;
     } catch (const moe::Error& e) {
         std::fprintf(stderr, "moe %s: error: %s\n", cmd.c_str(), e.what());
         return 1;

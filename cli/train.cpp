@@ -58,12 +58,14 @@ int run_train(int argc, char** argv) {
         } else if ((a == "--set" || a == "--threads") && i + 1 < argc) {
             sets.push_back(a == "--set" ? argv[++i] : std::string("train.threads=") + argv[++i]);
         } else if (a.rfind("--", 0) == 0) {
-            std::fprintf(stderr, "moe train: unknown or incomplete option '%s'\n\n%s", a.c_str(), kTrainUsage);
+            std::fprintf(stderr, "moe train: unknown or incomplete option '%s'\n\n%s", a.c_str(),
+                         kTrainUsage);
             return 2;
         } else if (path.empty()) {
             path = a;
         } else {
-            std::fprintf(stderr, "moe train: more than one config file ('%s', '%s')\n", path.c_str(), a.c_str());
+            std::fprintf(stderr, "moe train: more than one config file ('%s', '%s')\n",
+                         path.c_str(), a.c_str());
             return 2;
         }
     }
@@ -91,7 +93,8 @@ int run_demo(int argc, char** argv) {
         } else if (a == "--set" && i + 1 < argc) {
             cfg.set(argv[++i]);
         } else {
-            std::fprintf(stderr, "moe demo: unknown option '%s' (see moe demo --help)\n", a.c_str());
+            std::fprintf(stderr, "moe demo: unknown option '%s' (see moe demo --help)\n",
+                         a.c_str());
             return 2;
         }
     }

@@ -32,7 +32,9 @@ void load_params(models::TransformerLM& model, const test::Fixture& fx) {
     }
 }
 
-std::vector<int32_t> to_i32(const std::vector<int64_t>& v) { return {v.begin(), v.end()}; }
+std::vector<int32_t> to_i32(const std::vector<int64_t>& v) {
+    return {v.begin(), v.end()};
+}
 
 class TransformerVsTorch : public ::testing::TestWithParam<bool> {};
 
@@ -175,6 +177,47 @@ TEST(TransformerLM, MoeConfigErrorsNameTheKey) {
     cfg.moe.router = "expert_choice";  // sees the future: refused in a causal LM
     EXPECT_TRUE(test::throws_error_with([&] { models::TransformerLM m(cfg, 1); }, {"causal"}));
 }
+
+}  // namespace
+}  // namespace moe
+
+namespace moe {
+namespace {
+
+// Decoding token by token with the KV cache gives the logits of the full forward at every
+// position, for a dense and an MoE model.
+class DecodeMatchesForward : public ::testing::TestWithParam<bool> {};
+
+TEST_P(DecodeMatchesForward, AtEveryPosition) {
+    models::LmConfig cfg = fixture_config(false);
+    if (GetParam()) {
+        cfg.ffn = "moe";
+        cfg.moe.n_experts = 4;
+        cfg.moe.top_k = 2;
+        cfg.moe.d_expert = 12;
+    }
+    models::TransformerLM model(cfg, 1);
+    model.init_weights(9);
+    const int64_t T = 9, V = cfg.vocab_size;
+    std::vector<int32_t> tokens(T);
+    for (int64_t t = 0; t < T; ++t) tokens[size_t(t)] = int32_t((t * 11 + 3) % V);
+    model.forward(tokens.data(), nullptr, 1, T);
+    std::vector<float> full(model.logits(), model.logits() + T * V);
+    model.start_generation(T);
+    for (int64_t t = 0; t < T; ++t) {
+        const float* step = model.decode(tokens[size_t(t)]);
+        std::vector<float> got(step, step + V),
+            want(full.begin() + t * V, full.begin() + (t + 1) * V);
+        EXPECT_TRUE(test::all_close(got, want, 1e-5, 1e-4)) << "position " << t;
+    }
+    EXPECT_TRUE(test::throws_error_with([&] { model.decode(0); }, {"maximum length"}));
+    model.start_generation(T);  // a new sequence starts at position 0 again
+    const float* first = model.decode(tokens[0]);
+    EXPECT_TRUE(test::all_close(std::vector<float>(first, first + V),
+                                std::vector<float>(full.begin(), full.begin() + V), 1e-5, 1e-4));
+}
+
+INSTANTIATE_TEST_SUITE_P(Dense_Moe, DecodeMatchesForward, ::testing::Values(false, true));
 
 }  // namespace
 }  // namespace moe

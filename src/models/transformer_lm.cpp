@@ -18,9 +18,9 @@ void LmConfig::validate() const {
     MOE_REQUIRE(d_model > 0, "model.d_model must be > 0, got ", d_model);
     MOE_REQUIRE(n_layers > 0, "model.n_layers must be > 0, got ", n_layers);
     MOE_REQUIRE(n_heads > 0 && d_model % n_heads == 0, "model.n_heads (", n_heads,
-              ") must divide model.d_model (", d_model, ")");
-    MOE_REQUIRE((d_model / n_heads) % 2 == 0, "model.d_model / model.n_heads must be even for RoPE, got ",
-              d_model / n_heads);
+                ") must divide model.d_model (", d_model, ")");
+    MOE_REQUIRE((d_model / n_heads) % 2 == 0,
+                "model.d_model / model.n_heads must be even for RoPE, got ", d_model / n_heads);
     MOE_REQUIRE(d_ff > 0, "model.d_ff must be > 0, got ", d_ff);
     MOE_REQUIRE(seq_len > 0, "model.seq_len must be > 0, got ", seq_len);
     MOE_REQUIRE(norm_eps > 0, "model.norm_eps must be > 0, got ", norm_eps);
@@ -169,8 +169,8 @@ void TransformerLM::after_step() {
         if (m) m->after_step();
 }
 
-double TransformerLM::forward(const int32_t* tokens, const int32_t* targets, int64_t B,
-                              int64_t T, const ForwardOptions& opt) {
+double TransformerLM::forward(const int32_t* tokens, const int32_t* targets, int64_t B, int64_t T,
+                              const ForwardOptions& opt) {
     MOE_CHECK(B > 0 && B <= max_batch_, "TransformerLM::forward: batch ", B,
               " outside [1, max_batch=", max_batch_, "]");
     MOE_CHECK(T > 0 && T <= cfg_.seq_len, "TransformerLM::forward: sequence length ", T,
@@ -195,11 +195,10 @@ double TransformerLM::forward(const int32_t* tokens, const int32_t* targets, int
         float* x_out = l + 1 < la_.size() ? a(la_[l + 1].x_in) : a(x_final_);
         kernels::rmsnorm_forward(a(A.attn_norm_out), a(A.attn_rstd), x, p(P.attn_norm), N, C, eps);
         const nn::AttentionSaved<float> saved{a(A.q), a(A.k), a(A.v), a(A.att), a(A.y)};
-        nn::attention_forward(x_mid, saved, a(A.attn_norm_out), p(P.wq), p(P.wk), p(P.wv),
-                              p(P.wo), B, T, ac);
+        nn::attention_forward(x_mid, saved, a(A.attn_norm_out), p(P.wq), p(P.wk), p(P.wv), p(P.wo),
+                              B, T, ac);
         kernels::add(x_mid, x_mid, x, N * C);
-        kernels::rmsnorm_forward(a(A.ffn_norm_out), a(A.ffn_rstd), x_mid, p(P.ffn_norm), N, C,
-                                 eps);
+        kernels::rmsnorm_forward(a(A.ffn_norm_out), a(A.ffn_rstd), x_mid, p(P.ffn_norm), N, C, eps);
         if (moe_[l]) {
             sparse::RouterInput<float> extras;
             extras.token_ids = tok;
@@ -208,13 +207,13 @@ double TransformerLM::forward(const int32_t* tokens, const int32_t* targets, int
             extras.seed = opt.seed * 1000003ull + l;  // a different noise stream per layer
             router_loss_ += moe_[l]->forward(x_out, a(A.ffn_norm_out), N, extras);
         } else {
-            nn::swiglu_mlp_forward(x_out, a(A.h1), a(A.h3), a(A.act), a(A.ffn_norm_out),
-                                   p(P.w1), p(P.w3), p(P.w2), N, C, H);
+            nn::swiglu_mlp_forward(x_out, a(A.h1), a(A.h3), a(A.act), a(A.ffn_norm_out), p(P.w1),
+                                   p(P.w3), p(P.w2), N, C, H);
         }
         kernels::add(x_out, x_out, x_mid, N * C);
     }
-    kernels::rmsnorm_forward(a(final_norm_out_), a(final_rstd_), a(x_final_), p(final_norm_), N,
-                             C, eps);
+    kernels::rmsnorm_forward(a(final_norm_out_), a(final_rstd_), a(x_final_), p(final_norm_), N, C,
+                             eps);
     nn::linear_forward(logits_, a(final_norm_out_), p(lm_head_), static_cast<const float*>(nullptr),
                        N, C, V);
     if (!targets) return 0.0;
@@ -249,8 +248,8 @@ void TransformerLM::backward() {
             moe_[l]->backward(d_stream, d_norm);  // also the router losses' gradients
         } else {
             nn::swiglu_mlp_backward(d_norm, g(P.w1), g(P.w3), g(P.w2), a(scratch_), d_stream,
-                                    a(A.ffn_norm_out), a(A.h1), a(A.h3), a(A.act), p(P.w1),
-                                    p(P.w3), p(P.w2), N, C, H);
+                                    a(A.ffn_norm_out), a(A.h1), a(A.h3), a(A.act), p(P.w1), p(P.w3),
+                                    p(P.w2), N, C, H);
         }
         kernels::rmsnorm_backward(d_stream, g(P.ffn_norm), d_norm, a(A.x_mid), p(P.ffn_norm),
                                   a(A.ffn_rstd), N, C);
@@ -258,12 +257,76 @@ void TransformerLM::backward() {
         std::memset(d_norm, 0, nc_bytes);
         const nn::AttentionSaved<float> saved{a(A.q), a(A.k), a(A.v), a(A.att), a(A.y)};
         nn::attention_backward(d_norm, g(P.wq), g(P.wk), g(P.wv), g(P.wo), a(scratch_), d_stream,
-                               saved, a(A.attn_norm_out), p(P.wq), p(P.wk), p(P.wv), p(P.wo), B,
-                               T, ac);
+                               saved, a(A.attn_norm_out), p(P.wq), p(P.wk), p(P.wv), p(P.wo), B, T,
+                               ac);
         kernels::rmsnorm_backward(d_stream, g(P.attn_norm), d_norm, a(A.x_in), p(P.attn_norm),
                                   a(A.attn_rstd), N, C);
     }
     nn::embedding_backward(g(tok_emb_), d_stream, tok, N, V, C);
+}
+
+void TransformerLM::start_generation(int64_t max_len) {
+    MOE_REQUIRE(max_len > 0, "generation length must be > 0, got ", max_len);
+    if (max_len > gen_max_len_) {
+        const nn::AttentionConfig ac = attn_config();
+        const int64_t C = cfg_.d_model, H = cfg_.d_ff, V = cfg_.vocab_size;
+        Arena a;
+        for (size_t l = 0; l < lp_.size(); ++l)
+            nn::declare_kv_cache(a, "layers." + std::to_string(l) + ".cache", max_len, ac);
+        for (const char* name : {"x", "xn", "branch"}) a.add(name, {C});
+        for (const char* name : {"h1", "h3", "act"}) a.add(name, {H});
+        a.add("scratch", {nn::attention_decode_scratch_size(max_len, ac)});
+        a.add("logits", {V});
+        a.add("token", {1}, DType::i32);
+        a.allocate();
+        decode_ = std::move(a);
+        caches_.clear();
+        for (size_t l = 0; l < lp_.size(); ++l)
+            caches_.push_back(nn::kv_cache_in(decode_, "layers." + std::to_string(l) + ".cache"));
+        gen_max_len_ = max_len;
+    }
+    for (auto& c : caches_) c.reset();
+    gen_length_ = 0;
+}
+
+const float* TransformerLM::decode(int32_t token) {
+    MOE_CHECK(!caches_.empty(), "TransformerLM::decode before start_generation");
+    MOE_REQUIRE(gen_length_ < gen_max_len_, "generation reached its maximum length of ",
+                gen_max_len_, " tokens");
+    const int64_t C = cfg_.d_model, H = cfg_.d_ff, V = cfg_.vocab_size;
+    const float eps = float(cfg_.norm_eps);
+    const nn::AttentionConfig ac = attn_config();
+    float* x = decode_.get("x").ptr<float>();
+    float* xn = decode_.get("xn").ptr<float>();
+    float* branch = decode_.get("branch").ptr<float>();
+    float* scratch = decode_.get("scratch").ptr<float>();
+    int32_t* tok = decode_.get("token").ptr<int32_t>();
+    float rstd;
+    tok[0] = token;
+    nn::embedding_forward(x, tok, p(tok_emb_), 1, V, C);
+    for (size_t l = 0; l < lp_.size(); ++l) {
+        const LayerParams& P = lp_[l];
+        kernels::rmsnorm_forward(xn, &rstd, x, p(P.attn_norm), 1, C, eps);
+        nn::attention_decode_forward(branch, xn, p(P.wq), p(P.wk), p(P.wv), p(P.wo), caches_[l], ac,
+                                     scratch);
+        kernels::add(x, x, branch, C);
+        kernels::rmsnorm_forward(xn, &rstd, x, p(P.ffn_norm), 1, C, eps);
+        if (moe_[l]) {
+            sparse::RouterInput<float> extras;
+            extras.token_ids = tok;
+            moe_[l]->forward(branch, xn, 1, extras);
+        } else {
+            nn::swiglu_mlp_forward(branch, decode_.get("h1").ptr<float>(),
+                                   decode_.get("h3").ptr<float>(), decode_.get("act").ptr<float>(),
+                                   xn, p(P.w1), p(P.w3), p(P.w2), 1, C, H);
+        }
+        kernels::add(x, x, branch, C);
+    }
+    kernels::rmsnorm_forward(xn, &rstd, x, p(final_norm_), 1, C, eps);
+    float* logits = decode_.get("logits").ptr<float>();
+    nn::linear_forward(logits, xn, p(lm_head_), static_cast<const float*>(nullptr), 1, C, V);
+    ++gen_length_;
+    return logits;
 }
 
 }  // namespace moe::models

@@ -18,12 +18,12 @@
 #include <cstdint>
 #include <memory>
 #include <string>
-#include <string>
 #include <vector>
 
 #include "core/arena.h"
 #include "moe/moe_layer.h"
 #include "nn/attention.h"
+#include "nn/kv_cache.h"
 
 namespace moe::models {
 
@@ -55,7 +55,7 @@ struct ForwardOptions {
 };
 
 class TransformerLM {
-public:
+  public:
     TransformerLM(const LmConfig& cfg, int64_t max_batch);
 
     // Normal(0, init_std) matrices, ones for norm gains; the two projections that write
@@ -76,6 +76,14 @@ public:
     // After each optimizer step: the MoE routers' non-gradient updates (selection bias).
     void after_step();
 
+    // Generation, one sequence at a time, with a KV cache per layer: each new token costs
+    // time linear in the context. start_generation(max_len) empties the caches (setting them
+    // up on the first call, or when max_len grows); decode(token) feeds the next token and
+    // returns the logits [vocab] for the token after it. Errors once max_len is reached.
+    void start_generation(int64_t max_len);
+    const float* decode(int32_t token);
+    int64_t generated_length() const { return gen_length_; }
+
     // The MoE layer of `layer`, or null for a dense layer.
     sparse::MoeLayer<float>* moe_layer(int64_t layer) const { return moe_[size_t(layer)].get(); }
 
@@ -89,13 +97,13 @@ public:
     int64_t num_params() const;
     size_t activation_bytes() const;  // the model's arena plus its MoE layers'
 
-private:
+  private:
     struct LayerParams {
         int attn_norm, wq, wk, wv, wo, ffn_norm, w1, w3, w2;
     };
     struct LayerActs {
-        int x_in, attn_norm_out, attn_rstd, q, k, v, att, y, x_mid, ffn_norm_out, ffn_rstd, h1,
-            h3, act;
+        int x_in, attn_norm_out, attn_rstd, q, k, v, att, y, x_mid, ffn_norm_out, ffn_rstd, h1, h3,
+            act;
     };
     float* p(int id) const { return params_.get(id).ptr<float>(); }
     float* g(int id) const { return grads_.get(id).ptr<float>(); }
@@ -110,8 +118,13 @@ private:
     std::vector<LayerActs> la_;
     std::vector<std::unique_ptr<sparse::MoeLayer<float>>> moe_;  // null for dense layers
     double router_loss_ = 0;
-    int x_final_, final_norm_out_, final_rstd_, logits_id_, d_logits_, d_stream_, d_norm_,
-        scratch_, tokens_id_, targets_id_;
+
+    // Generation state (decode_ arena: KV caches and one token's buffers).
+    Arena decode_;
+    std::vector<nn::KvCache<float>> caches_;
+    int64_t gen_max_len_ = 0, gen_length_ = 0;
+    int x_final_, final_norm_out_, final_rstd_, logits_id_, d_logits_, d_stream_, d_norm_, scratch_,
+        tokens_id_, targets_id_;
     float* logits_ = nullptr;
     int64_t B_ = 0, T_ = 0;
     bool have_targets_ = false;

@@ -23,7 +23,21 @@ void rope_table(R* cos_sin, int64_t T, int64_t D, double theta) {
     }
 }
 
+template <class R>
+void rope_position(R* cos, R* sin, int64_t pos, int64_t D, double theta) {
+    MOE_CHECK(pos >= 0 && D > 0 && D % 2 == 0 && theta > 0,
+              "rope_position: bad arguments pos=", pos, " D=", D, " (must be even) theta=", theta);
+    for (int64_t i = 0; i < D / 2; ++i) {
+        const double inv_freq = std::pow(theta, -2.0 * double(i) / double(D));
+        const double angle = double(pos) * inv_freq;
+        cos[i] = R(std::cos(angle));
+        sin[i] = R(std::sin(angle));
+    }
+}
+
 template void rope_table<float>(float*, int64_t, int64_t, double);
 template void rope_table<double>(double*, int64_t, int64_t, double);
+template void rope_position<float>(float*, float*, int64_t, int64_t, double);
+template void rope_position<double>(double*, double*, int64_t, int64_t, double);
 
 }  // namespace moe::nn

@@ -1,0 +1,36 @@
+// A small command-line parser shared by the subcommands: positional arguments, options
+// that take a value (--name VALUE or --name=VALUE) and flags. Anything else is a usage
+// error that names the argument.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace moe::cli {
+
+struct UsageError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+struct Args {
+    std::vector<std::string> positional;
+    std::map<std::string, std::vector<std::string>> values;  // option -> every value given
+    std::set<std::string> flags;
+    bool help = false;
+
+    bool has(const std::string& name) const { return values.count(name) || flags.count(name); }
+    std::string get(const std::string& name, const std::string& fallback) const;
+    int64_t get_int(const std::string& name, int64_t fallback) const;  // errors name the option
+    double get_double(const std::string& name, double fallback) const;
+};
+
+// argv[0] is the subcommand's name. value_options and flag_options include the leading
+// "--". -h / --help set help.
+Args parse_args(int argc, char** argv, const std::set<std::string>& value_options,
+                const std::set<std::string>& flag_options);
+
+}  // namespace moe::cli
