@@ -1,0 +1,6 @@
+# The language-recipe experiments at a tiny size: every command they use (train, eval,
+# inspect, info) runs end to end on the real corpus, and the tables are produced.
+add_test(NAME lm_experiments_small
+         COMMAND /usr/bin/python3 ${PROJECT_SOURCE_DIR}/scripts/lm_experiments.py --small
+                 --out ${CMAKE_BINARY_DIR}/experiments_small --moe $<TARGET_FILE:moe_cli>)
+set_tests_properties(lm_experiments_small PROPERTIES TIMEOUT 600)
