@@ -181,5 +181,31 @@ TEST(MoeCommand, ErrorsExitNonZeroWithAMessage) {
     EXPECT_NE(err.find("usage"), std::string::npos) << err;
 }
 
+TEST(MoeCommand, CtrlCSavesACheckpointAndResumeContinues) {
+    TempRun run;
+    const std::string cfg_path = (run.dir / "cfg.json").string();
+    {
+        std::ofstream f(cfg_path);
+        f << run.config("train.steps=1000000").doc().dump();
+    }
+    // SIGINT after 2 s, as Ctrl-C would send: the run stops cleanly with exit code 130.
+    const std::string cmd = "timeout --preserve-status -s INT 2 " + test::bin_dir() +
+                            "/moe train " + cfg_path + " >/dev/null 2>&1";
+    const int status = std::system(cmd.c_str());
+    ASSERT_TRUE(WIFEXITED(status));
+    EXPECT_EQ(WEXITSTATUS(status), 130);
+    const std::string ckpt = (run.dir / "run" / "checkpoint.safetensors").string();
+    io::SafetensorsFile f(ckpt);
+    const int64_t step = std::stoll(f.metadata("step"));
+    EXPECT_GT(step, 0);
+    // --resume picks it up (run a few more steps, then interrupt again).
+    const int status2 = std::system(("timeout --preserve-status -s INT 2 " + test::bin_dir() +
+                                     "/moe train " + cfg_path + " --resume >/dev/null 2>&1")
+                                        .c_str());
+    ASSERT_TRUE(WIFEXITED(status2));
+    EXPECT_EQ(WEXITSTATUS(status2), 130);
+    EXPECT_GT(std::stoll(io::SafetensorsFile(ckpt).metadata("step")), step);
+}
+
 }  // namespace
 }  // namespace moe
