@@ -24,12 +24,14 @@ const char* kUsage =
     "  --windows N       windows of seq_len tokens per domain (default 16)\n"
     "  --batch N         windows per forward (default 8)\n"
     "  --threads N       threads (default: all cores)\n"
+    "  --route-by-label  assigned router: route each token by its true domain (an oracle\n"
+    "                    gate), to separate the experts' quality from the gate's accuracy\n"
     "  --json            one JSON object instead of the table\n";
 }  // namespace
 
 int run_eval(int argc, char** argv) {
-    const Args a =
-        parse_args(argc, argv, {"--data", "--windows", "--batch", "--threads"}, {"--json"});
+    const Args a = parse_args(argc, argv, {"--data", "--windows", "--batch", "--threads"},
+                              {"--json", "--route-by-label"});
     if (a.help) return std::fputs(kUsage, stdout), 0;
     if (a.positional.size() != 1) throw UsageError("expected one CHECKPOINT");
     set_num_threads(int(a.get_int("--threads", 0)));
@@ -41,7 +43,8 @@ int run_eval(int argc, char** argv) {
     if (data_path.empty()) data_path = data::kDefaultCorpus;
     const auto corpus = data::TextCorpus::load(data_path, lm.cfg.data.val_fraction);
     const auto ds = data::LmDataset::build(corpus, lm.tokenizer);
-    const train::LmAnalysis r = train::analyze_lm(*lm.model, ds, windows, batch);
+    const train::LmAnalysis r =
+        train::analyze_lm(*lm.model, ds, windows, batch, a.flags.count("--route-by-label") > 0);
 
     if (a.flags.count("--json")) {
         nlohmann::json j = {{"checkpoint", lm.path},

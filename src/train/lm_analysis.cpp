@@ -23,9 +23,11 @@ void count_usage(const models::TransformerLM& model, LmAnalysis& a, int64_t doma
 }  // namespace
 
 LmAnalysis analyze_lm(models::TransformerLM& model, const data::LmDataset& ds,
-                      int64_t windows_per_domain, int64_t batch) {
+                      int64_t windows_per_domain, int64_t batch, bool route_by_label) {
     MOE_CHECK(windows_per_domain > 0 && batch > 0, "analyze_lm: windows and batch must be > 0");
     const auto& cfg = model.config();
+    MOE_REQUIRE(!route_by_label || (cfg.ffn == "moe" && cfg.moe.router == "assigned"),
+                "routing by label needs a model whose router is 'assigned'");
     LmAnalysis a;
     for (int64_t l = 0; l < cfg.n_layers; ++l)
         if (model.moe_layer(l)) a.moe_layers.push_back(l);
@@ -62,6 +64,9 @@ LmAnalysis analyze_lm(models::TransformerLM& model, const data::LmDataset& ds,
             }
             models::ForwardOptions fo;
             fo.domains = labels.data();
+            // The assigned router routes by label in training mode; jitter is its only other
+            // training-only behaviour, and the recipe leaves it at 0.
+            fo.training = route_by_label;
             const double loss = model.forward(inputs.data(), targets.data(), B, T, fo);
             dom_loss += loss * double(B * T);
             count_usage(model, a, int64_t(d));

@@ -31,7 +31,9 @@ struct LmAnalysis {
 // Runs up to windows_per_domain windows (seq_len tokens, fewer for a short domain) of each
 // domain's validation text, `batch` windows per forward, in evaluation mode (no noise; the
 // assigned router routes by its gate and is scored against the true domain).
+// route_by_label: the assigned router routes every token by its true domain, as in
+// training (an oracle gate), which separates the experts' quality from the gate's accuracy.
 LmAnalysis analyze_lm(models::TransformerLM& model, const data::LmDataset& ds,
-                      int64_t windows_per_domain, int64_t batch);
+                      int64_t windows_per_domain, int64_t batch, bool route_by_label = false);
 
 }  // namespace moe::train
