@@ -63,8 +63,10 @@ class MoeLayer {
     void declare(Arena& params, const std::string& prefix);
     // After the model allocated params and grads (same layout).
     void bind(Arena& params, Arena& grads);
-    // Router and expert input projections ~ N(0, std), down projections ~ N(0, out_std)
-    // (out_std < 0: std), biases and the shared gate 0.
+    // Expert input projections ~ N(0, std), down projections ~ N(0, out_std) (out_std < 0:
+    // std), biases and the shared gate 0. The learned routers' gate weights are always
+    // N(0, 0.02) (GateRouter::init_weights; Soft MoE's phi uses std): small logits, so
+    // routing starts near uniform whatever the experts' scale.
     void init_weights(Rng& rng, double std = 0.02, double out_std = -1);
 
     // out: [T, d] written; x: [T, d]. extras: token_ids, labels, training, seed (its x and T
