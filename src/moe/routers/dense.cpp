@@ -65,10 +65,7 @@ void DenseRouter<R>::backward(const RouterInput<R>& in, const RoutingPlan<R>& pl
     this->importance_loss_backward(this->d_choice_weight_, this->choices(T, E, nullptr),
                                    cfg.importance_coef);
     this->aux_loss_backward(this->d_choice_weight_, T, cfg.aux_loss_coef);
-    std::fill(this->d_logits_, this->d_logits_ + T * E, R(0));
-    kernels::softmax_backward(this->d_logits_, this->d_choice_weight_, this->probs_, T, E);
-    this->z_loss_backward(this->d_logits_, T, cfg.z_loss_coef);
-    this->gate_backward(in, this->d_logits_, d_x);
+    this->softmax_gate_backward(in, this->d_choice_weight_, d_x);
 }
 
 }  // namespace

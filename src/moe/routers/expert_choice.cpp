@@ -146,10 +146,7 @@ void ExpertChoiceRouter<R>::backward(const RouterInput<R>& in, const RoutingPlan
                    "expert_choice backward: bad choice ", plan.row_choice[r]);
         this->d_probs_[plan.row_choice[r]] += d_row_weight[r];
     }
-    std::fill(this->d_logits_, this->d_logits_ + T * E, R(0));
-    kernels::softmax_backward(this->d_logits_, this->d_probs_, this->probs_, T, E);
-    this->z_loss_backward(this->d_logits_, T, this->cfg_.z_loss_coef);
-    this->gate_backward(in, this->d_logits_, d_x);
+    this->softmax_gate_backward(in, this->d_probs_, d_x);
 }
 
 }  // namespace

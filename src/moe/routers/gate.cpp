@@ -11,6 +11,7 @@
 #include <cmath>
 
 #include "core/check.h"
+#include "kernels/softmax.h"
 #include "nn/linear.h"
 
 namespace moe::sparse {
@@ -201,6 +202,15 @@ double GateRouter<R>::z_loss_forward(int64_t T) {
         total += lse * lse;
     }
     return total / double(T);
+}
+
+template <class R>
+void GateRouter<R>::softmax_gate_backward(const RouterInput<R>& in, const R* d_probs, R* d_x) {
+    const int64_t T = in.T;
+    std::fill(d_logits_, d_logits_ + T * E_, R(0));
+    kernels::softmax_backward(d_logits_, d_probs, probs_, T, E_);
+    z_loss_backward(d_logits_, T, this->cfg_.z_loss_coef);
+    gate_backward(in, d_logits_, d_x);
 }
 
 template <class R>

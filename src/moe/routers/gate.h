@@ -61,6 +61,9 @@ class GateRouter : public Router<R> {
     // d_logits: [T, E]. Accumulates d_w += d_logits^T xg, d_b += column sums of d_logits,
     // d_x [T, d] += (d_logits @ w) * noise.
     void gate_backward(const RouterInput<R>& in, const R* d_logits, R* d_x);
+    // The common end of a softmax gate's backward: d_logits_ = softmax backward of
+    // d_probs [T, E] through probs_, plus the z-loss gradient, then gate_backward.
+    void softmax_gate_backward(const RouterInput<R>& in, const R* d_probs, R* d_x);
 
     // ---- plan helpers ----
     // The token-major choices of the last forward, as build_plan_from_choices takes them.

@@ -102,10 +102,7 @@ class SoftmaxTopkRouter final : public GateRouter<R> {
             for (int64_t j = 0; j < k; ++j) dp[ex[j]] += R((double(g[j]) - c) / s);
         }
         this->aux_loss_backward(this->d_probs_, T, cfg.aux_loss_coef);
-        std::fill(this->d_logits_, this->d_logits_ + T * E, R(0));
-        kernels::softmax_backward(this->d_logits_, this->d_probs_, this->probs_, T, E);
-        this->z_loss_backward(this->d_logits_, T, cfg.z_loss_coef);
-        this->gate_backward(in, this->d_logits_, d_x);
+        this->softmax_gate_backward(in, this->d_probs_, d_x);
     }
 };
 

@@ -82,10 +82,7 @@ void SwitchRouter<R>::backward(const RouterInput<R>& in, const RoutingPlan<R>& p
     this->aux_loss_backward(this->d_probs_, T, cfg.aux_loss_coef);
     for (int64_t t = 0; t < T; ++t)
         this->d_probs_[t * E + this->choice_expert_[t]] += this->d_choice_weight_[t];
-    std::fill(this->d_logits_, this->d_logits_ + T * E, R(0));
-    kernels::softmax_backward(this->d_logits_, this->d_probs_, this->probs_, T, E);
-    this->z_loss_backward(this->d_logits_, T, cfg.z_loss_coef);
-    this->gate_backward(in, this->d_logits_, d_x);
+    this->softmax_gate_backward(in, this->d_probs_, d_x);
 }
 
 }  // namespace
