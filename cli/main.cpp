@@ -6,6 +6,7 @@
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "core/check.h"
+#include "core/stop_signals.h"
 
 namespace {
 void usage(FILE* out) {
@@ -24,6 +25,8 @@ void usage(FILE* out) {
 }  // namespace
 
 int main(int argc, char** argv) {
+    // First, before any thread exists, so that every thread inherits the blocked mask.
+    moe::install_stop_signal_watcher();
     if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;

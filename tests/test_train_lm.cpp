@@ -188,22 +188,28 @@ TEST(MoeCommand, CtrlCSavesACheckpointAndResumeContinues) {
         std::ofstream f(cfg_path);
         f << run.config("train.steps=1000000").doc().dump();
     }
-    // SIGINT after 2 s, as Ctrl-C would send: the run stops cleanly with exit code 130.
-    const std::string cmd = "timeout --preserve-status -s INT 2 " + test::bin_dir() +
-                            "/moe train " + cfg_path + " >/dev/null 2>&1";
-    const int status = std::system(cmd.c_str());
-    ASSERT_TRUE(WIFEXITED(status));
-    EXPECT_EQ(WEXITSTATUS(status), 130);
+    // SIGINT after 2 s, as Ctrl-C would send: the run stops cleanly with exit code 130. What
+    // the command printed is kept, to show in the failure message.
+    const std::string log = (run.dir / "log.txt").string();
+    auto interrupt_after_2s = [&](const std::string& extra) {
+        const std::string cmd = "timeout --preserve-status -s INT 2 " + test::bin_dir() +
+                                "/moe train " + cfg_path + extra + " >" + log + " 2>&1";
+        const int status = std::system(cmd.c_str());
+        std::ifstream in(log);
+        return std::pair{status, std::string((std::istreambuf_iterator<char>(in)),
+                                             std::istreambuf_iterator<char>())};
+    };
+    const auto [status, out] = interrupt_after_2s("");
+    ASSERT_TRUE(WIFEXITED(status)) << out;
+    ASSERT_EQ(WEXITSTATUS(status), 130) << out;
+    EXPECT_NE(out.find("stopping after this step"), std::string::npos) << out;
     const std::string ckpt = (run.dir / "run" / "checkpoint.safetensors").string();
-    io::SafetensorsFile f(ckpt);
-    const int64_t step = std::stoll(f.metadata("step"));
+    const int64_t step = std::stoll(io::SafetensorsFile(ckpt).metadata("step"));
     EXPECT_GT(step, 0);
     // --resume picks it up (run a few more steps, then interrupt again).
-    const int status2 = std::system(("timeout --preserve-status -s INT 2 " + test::bin_dir() +
-                                     "/moe train " + cfg_path + " --resume >/dev/null 2>&1")
-                                        .c_str());
-    ASSERT_TRUE(WIFEXITED(status2));
-    EXPECT_EQ(WEXITSTATUS(status2), 130);
+    const auto [status2, out2] = interrupt_after_2s(" --resume");
+    ASSERT_TRUE(WIFEXITED(status2)) << out2;
+    ASSERT_EQ(WEXITSTATUS(status2), 130) << out2;
     EXPECT_GT(std::stoll(io::SafetensorsFile(ckpt).metadata("step")), step);
 }
 

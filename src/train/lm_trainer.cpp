@@ -2,14 +2,13 @@
 
 #include <unistd.h>
 
-#include <atomic>
 #include <cmath>
-#include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <memory>
 
+#include "core/stop_signals.h"
 #include "core/threads.h"
 #include "core/timer.h"
 #include "data/lm_dataset.h"
@@ -23,29 +22,6 @@
 namespace moe::train {
 
 namespace {
-
-std::atomic<bool> g_stop{false};
-void on_signal(int) {
-    g_stop.store(true);
-}
-
-// Installs SIGINT/SIGTERM handlers for the scope of a run and restores the old ones.
-struct SignalScope {
-    struct sigaction old_int {
-    }, old_term{};
-    SignalScope() {
-        g_stop.store(false);
-        struct sigaction sa {};
-        sa.sa_handler = on_signal;
-        sigemptyset(&sa.sa_mask);
-        sigaction(SIGINT, &sa, &old_int);
-        sigaction(SIGTERM, &sa, &old_term);
-    }
-    ~SignalScope() {
-        sigaction(SIGINT, &old_int, nullptr);
-        sigaction(SIGTERM, &old_term, nullptr);
-    }
-};
 
 std::string format_duration(double s) {
     const int64_t t = int64_t(s + 0.5);
@@ -152,7 +128,9 @@ TrainResult train_lm(const LmTrainConfig& cfg, bool resume, const TrainHooks& ho
         return total / double(eval_count);
     };
 
-    SignalScope signals;
+    // Ctrl-C / SIGTERM stop the loop between steps (see core/stop_signals.h for why no
+    // handler runs on the compute threads).
+    const StopScope stop_signal;
     const bool tty = isatty(STDOUT_FILENO);
     TrainResult result;
     Timer clock, since_log;
@@ -245,7 +223,7 @@ TrainResult train_lm(const LmTrainConfig& cfg, bool resume, const TrainHooks& ho
             }
         }
         const bool hook_stop = hooks.after_step && !hooks.after_step(step, loss);
-        if (g_stop.load() || (hook_stop && !last)) {
+        if (stop_signal.requested() || (hook_stop && !last)) {
             result.interrupted = true;
             break;
         }
