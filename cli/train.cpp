@@ -2,11 +2,13 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "cli/commands.h"
 #include "core/check.h"
+#include "dist/comm.h"
 #include "train/lm_trainer.h"
 
 namespace moe::cli {
@@ -22,10 +24,13 @@ const char* kTrainUsage =
     "  --resume          continue from OUT_DIR/checkpoint.safetensors\n"
     "  --threads N       threads (default: all cores; same as --set train.threads=N)\n"
     "\n"
-    "Ctrl-C saves a checkpoint and stops; run again with --resume to continue.\n";
+    "Ctrl-C saves a checkpoint and stops; run again with --resume to continue.\n"
+    "\n"
+    "Distributed: mpirun -np R moe train CONFIG.json trains over R processes (docs/\n"
+    "distributed.md): each rank takes train.batch_size / R sequences of every batch and\n"
+    "moe.n_experts / R experts of every MoE layer; both must divide. Rank 0 prints and\n"
+    "writes the files; checkpoints load with any number of ranks.\n";
 
-// The built-in demo: a small dense transformer on the fortunes corpus for about a minute
-// on 2 cores.
 // The built-in demo: the language recipe (recipes/lm/moe_fortunes.json) at a size that
 // trains in about 2.5 minutes on 2 cores (17k tokens/s): an 8-expert top-2 MoE transformer on the
 // fortunes corpus, with a BPE vocabulary of 2048.
@@ -80,7 +85,20 @@ int run_train(int argc, char** argv) {
     io::Config cfg = io::Config::from_file(path);
     for (const auto& s : sets) cfg.set(s);
     const train::LmTrainConfig c = train::read_lm_train_config(cfg);
-    return report(train::train_lm(c, resume));
+    // Under mpirun: every rank runs this; MPI starts here, after the arguments checked out.
+    const std::unique_ptr<dist::Comm> comm = dist::make_world_comm();
+    try {
+        const train::TrainResult r = train::train_lm(c, resume, {}, comm.get());
+        return comm->rank() == 0 ? report(r) : (r.interrupted ? 130 : 0);
+    } catch (const std::exception& e) {
+        if (comm->size() == 1) throw;
+        // One rank failing must end the job: the others would wait for it forever.
+        std::fprintf(stderr, "moe train: error on rank %d of %d: %s\n", comm->rank(), comm->size(),
+                     e.what());
+        std::fflush(stderr);
+        comm->abort(1);
+        return 1;  // not reached
+    }
 }
 
 int run_demo(int argc, char** argv) {

@@ -46,7 +46,7 @@ nn::AttentionConfig TransformerLM::attn_config() const {
     return a;
 }
 
-TransformerLM::TransformerLM(const LmConfig& cfg, int64_t max_batch)
+TransformerLM::TransformerLM(const LmConfig& cfg, int64_t max_batch, dist::Comm* expert_parallel)
     : cfg_(cfg), max_batch_(max_batch) {
     cfg_.validate();
     MOE_CHECK(max_batch > 0, "TransformerLM: max_batch must be > 0, got ", max_batch);
@@ -70,6 +70,7 @@ TransformerLM::TransformerLM(const LmConfig& cfg, int64_t max_batch)
             m.d_model = C;
             m.causal = true;
             moe_.push_back(std::make_unique<sparse::MoeLayer<float>>(m, N, T));
+            moe_.back()->set_expert_parallel(expert_parallel);
             moe_.back()->declare(params_, p + "moe.");
         } else {
             moe_.push_back(nullptr);
@@ -130,6 +131,19 @@ int64_t TransformerLM::num_params() const {
     return n;
 }
 
+std::vector<ShardedParam> TransformerLM::sharded_params() const {
+    std::vector<ShardedParam> out;
+    for (size_t l = 0; l < moe_.size(); ++l) {
+        const auto& m = moe_[l];
+        if (!m || m->local_experts() == m->config().n_experts) continue;
+        const std::string prefix = "layers." + std::to_string(l) + ".moe.experts.";
+        for (const auto& e : params_.entries())
+            if (e.name.compare(0, prefix.size(), prefix) == 0)
+                out.push_back({e.name, m->config().n_experts, m->first_expert()});
+    }
+    return out;
+}
+
 size_t TransformerLM::activation_bytes() const {
     size_t n = acts_.bytes();
     for (const auto& m : moe_)
@@ -177,6 +191,7 @@ double TransformerLM::forward(const int32_t* tokens, const int32_t* targets, int
               " outside [1, seq_len=", cfg_.seq_len, "]");
     B_ = B, T_ = T;
     have_targets_ = targets != nullptr;
+    loss_share_ = opt.loss_share;
     const int64_t N = B * T, C = cfg_.d_model, H = cfg_.d_ff, V = cfg_.vocab_size;
     const float eps = float(cfg_.norm_eps);
     const nn::AttentionConfig ac = attn_config();
@@ -217,7 +232,8 @@ double TransformerLM::forward(const int32_t* tokens, const int32_t* targets, int
     nn::linear_forward(logits_, a(final_norm_out_), p(lm_head_), static_cast<const float*>(nullptr),
                        N, C, V);
     if (!targets) return 0.0;
-    return nn::cross_entropy_forward(logits_, logits_, acts_.get(targets_id_).ptr<int32_t>(), N, V);
+    return loss_share_ *
+           nn::cross_entropy_forward(logits_, logits_, acts_.get(targets_id_).ptr<int32_t>(), N, V);
 }
 
 void TransformerLM::backward() {
@@ -231,7 +247,8 @@ void TransformerLM::backward() {
     const size_t nc_bytes = size_t(N * C) * sizeof(float);
 
     std::memset(d_logits, 0, size_t(N * V) * sizeof(float));
-    nn::cross_entropy_backward(d_logits, logits_, acts_.get(targets_id_).ptr<int32_t>(), N, V);
+    nn::cross_entropy_backward(d_logits, logits_, acts_.get(targets_id_).ptr<int32_t>(), N, V,
+                               float(loss_share_));
     std::memset(d_norm, 0, nc_bytes);
     nn::linear_backward(d_norm, g(lm_head_), static_cast<float*>(nullptr), d_logits,
                         a(final_norm_out_), p(lm_head_), N, C, V);

@@ -52,11 +52,26 @@ struct ForwardOptions {
     const int32_t* domains = nullptr;  // [B, T] domain label of each token (assigned router)
     bool training = false;             // router noise and jitter, routing by label
     uint64_t seed = 0;                 // router noise and jitter come from this seed
+    // This process's share of the batch's targets (data parallelism: local / global target
+    // count). forward returns the mean cross-entropy times it and backward scales the
+    // gradient likewise, so the ranks' losses and gradients add up to the whole batch's.
+    double loss_share = 1.0;
+};
+
+// A parameter this process holds a slice of (expert parallelism): rows
+// [first_row, first_row + its rows) of a tensor with global_rows rows.
+struct ShardedParam {
+    std::string name;
+    int64_t global_rows = 0;
+    int64_t first_row = 0;
 };
 
 class TransformerLM {
   public:
-    TransformerLM(const LmConfig& cfg, int64_t max_batch);
+    // expert_parallel (optional, size > 1): the MoE layers spread their experts over its
+    // ranks (MoeLayer::set_expert_parallel); every rank must then call forward, backward
+    // and after_step together. Parameters other than experts are replicated.
+    TransformerLM(const LmConfig& cfg, int64_t max_batch, dist::Comm* expert_parallel = nullptr);
 
     // Normal(0, init_std) matrices, ones for norm gains; the two projections that write
     // into the residual stream (attn.wo, ffn.w2) get std / sqrt(2 * n_layers), so the
@@ -94,7 +109,10 @@ class TransformerLM {
     Arena& params() { return params_; }
     Arena& grads() { return grads_; }
     const Arena& params() const { return params_; }
-    int64_t num_params() const;
+    int64_t num_params() const;  // parameters held by this process
+    // The expert tensors of which this process holds a slice (empty without expert
+    // parallelism); the rest of params() is replicated on every rank.
+    std::vector<ShardedParam> sharded_params() const;
     size_t activation_bytes() const;  // the model's arena plus its MoE layers'
 
   private:
@@ -128,6 +146,7 @@ class TransformerLM {
     float* logits_ = nullptr;
     int64_t B_ = 0, T_ = 0;
     bool have_targets_ = false;
+    double loss_share_ = 1.0;
 };
 
 }  // namespace moe::models

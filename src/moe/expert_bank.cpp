@@ -58,13 +58,24 @@ void ExpertBank<R>::bind(Arena& params, Arena& grads, Arena& acts) {
 }
 
 template <class R>
-void ExpertBank<R>::init_weights(Rng& rng, double std, double out_std) {
+void ExpertBank<R>::init_weights(Rng& rng, double std, double out_std, int64_t global_E,
+                                 int64_t first) {
     MOE_CHECK(w1_ != nullptr, "ExpertBank::init_weights before bind");
-    const int64_t n = E_ * H_ * d_;
-    for (int64_t i = 0; i < n; ++i) w1_[i] = R(std * double(rng.normal()));
-    if (w3_)
-        for (int64_t i = 0; i < n; ++i) w3_[i] = R(std * double(rng.normal()));
-    for (int64_t i = 0; i < n; ++i) w2_[i] = R(out_std * double(rng.normal()));
+    if (global_E == 0) global_E = E_;
+    MOE_CHECK(first >= 0 && first + E_ <= global_E, "ExpertBank::init_weights: experts [", first,
+              ", ", first + E_, ") outside a bank of ", global_E);
+    // Draw the whole bank's stream and keep this bank's rows, so an expert-parallel rank
+    // starts with exactly the weights a single process gives those experts.
+    const int64_t per = H_ * d_, skip = first * per, n = E_ * per;
+    const int64_t rest = (global_E - first - E_) * per;
+    auto fill = [&](R* w, double s) {
+        for (int64_t i = 0; i < skip; ++i) rng.normal();
+        for (int64_t i = 0; i < n; ++i) w[i] = R(s * double(rng.normal()));
+        for (int64_t i = 0; i < rest; ++i) rng.normal();
+    };
+    fill(w1_, std);
+    if (w3_) fill(w3_, std);
+    fill(w2_, out_std);
 }
 
 template <class R>

@@ -46,8 +46,10 @@ class ExpertBank {
     // `prefix` (which must differ from any other user of acts).
     void declare_buffers(Arena& acts, const std::string& prefix, int64_t max_rows);
     void bind(Arena& params, Arena& grads, Arena& acts);
-    // w1, w3 ~ N(0, std), w2 ~ N(0, out_std).
-    void init_weights(Rng& rng, double std, double out_std);
+    // w1, w3 ~ N(0, std), w2 ~ N(0, out_std). Expert parallelism: this bank holds experts
+    // [first, first + E) of a bank of global_E (0: E); it gets exactly their weights.
+    void init_weights(Rng& rng, double std, double out_std, int64_t global_E = 0,
+                      int64_t first = 0);
 
     // ys[rows, d] = expert_e(xs[rows, d]) block by block; offsets: [E + 1] (plan.offsets).
     void forward(R* ys, const R* xs, const int64_t* offsets);

@@ -64,6 +64,24 @@ template <class R>
 MoeLayer<R>::~MoeLayer() = default;
 
 template <class R>
+void MoeLayer<R>::set_expert_parallel(dist::Comm* comm) {
+    MOE_CHECK(!acts_.allocated(), "MoeLayer::set_expert_parallel after declare");
+    if (!comm || comm->size() == 1) return;
+    MOE_REQUIRE(!soft_,
+                "expert parallelism does not support router 'soft' (Soft MoE mixes "
+                "every token into every expert's slots)");
+    exchange_ = std::make_unique<ExpertExchange<R>>(*comm, cfg_.n_experts, d_);
+    experts_ = std::make_unique<ExpertBank<R>>(cfg_.expert, exchange_->local_experts(), d_, H_);
+    router_->set_batch_group(comm);
+    group_ = comm;
+}
+
+template <class R>
+int64_t MoeLayer<R>::local_experts() const {
+    return exchange_ ? exchange_->local_experts() : cfg_.n_experts;
+}
+
+template <class R>
 void MoeLayer<R>::declare(Arena& params, const std::string& prefix) {
     MOE_CHECK(!acts_.allocated(), "MoeLayer::declare called twice");
     prefix_ = prefix;
@@ -94,7 +112,17 @@ void MoeLayer<R>::declare(Arena& params, const std::string& prefix) {
         acts_.add(prefix + "d_ys", {max_rows, d_}, dt);
         acts_.add(prefix + "d_xs", {max_rows, d_}, dt);
         acts_.add(prefix + "d_row_weight", {max_rows}, dt);
-        experts_->declare_buffers(acts_, prefix + "experts.", max_rows);
+        int64_t expert_rows = max_rows;
+        if (exchange_) {
+            expert_rows = exchange_->max_owner_rows(max_rows);
+            const std::string o = prefix + "ep.";
+            acts_.add(o + "xs", {expert_rows, d_}, dt);
+            acts_.add(o + "ys_scratch", {expert_rows, d_}, dt);
+            acts_.add(o + "d_ys", {expert_rows, d_}, dt);
+            acts_.add(o + "d_xs", {expert_rows, d_}, dt);
+            exchange_->declare_buffers(acts_, o, max_rows);
+        }
+        experts_->declare_buffers(acts_, prefix + "experts.", expert_rows);
     }
     if (S_ > 0) {
         const std::string s = prefix + "shared.";
@@ -144,6 +172,14 @@ void MoeLayer<R>::bind(Arena& params, Arena& grads) {
         d_ys_ = acts_.get(prefix_ + "d_ys").ptr<R>();
         d_xs_ = acts_.get(prefix_ + "d_xs").ptr<R>();
         d_row_weight_ = acts_.get(prefix_ + "d_row_weight").ptr<R>();
+        if (exchange_) {
+            const std::string o = prefix_ + "ep.";
+            oxs_ = acts_.get(o + "xs").ptr<R>();
+            oys_ = acts_.get(o + "ys_scratch").ptr<R>();
+            od_ys_ = acts_.get(o + "d_ys").ptr<R>();
+            od_xs_ = acts_.get(o + "d_xs").ptr<R>();
+            exchange_->bind(acts_);
+        }
     }
     if (S_ > 0) {
         sw1_ = params.get(sw1_id_).ptr<R>();
@@ -178,7 +214,7 @@ void MoeLayer<R>::init_weights(Rng& rng, double std, double out_std) {
         soft_->init_weights(r_router, std, out_std);
     } else {
         router_->init_weights(r_router);
-        experts_->init_weights(r_experts, std, out_std);
+        experts_->init_weights(r_experts, std, out_std, cfg_.n_experts, first_expert());
     }
     if (S_ > 0) {
         const int64_t n = S_ * Hs_ * d_;
@@ -221,10 +257,18 @@ double MoeLayer<R>::forward(R* out, const R* x, int64_t T, const RouterInput<R>&
               " E=", plan_.E, " rows=", plan_.rows(), " (expected T=", T, " E=", cfg_.n_experts,
               " rows <= ", plan_.max_rows, ")");
     dispatch_forward(xs_, x, plan_, d_);
-    experts_->forward(ys_, xs_, plan_.offsets);
+    if (exchange_) {
+        // Expert parallelism: the rows go to their experts' ranks, run, and come back.
+        exchange_->exchange_counts(plan_.offsets);
+        exchange_->to_owners(oxs_, xs_);
+        experts_->forward(oys_, oxs_, exchange_->owner_offsets());
+        exchange_->to_home(ys_, oys_);
+    } else {
+        experts_->forward(ys_, xs_, plan_.offsets);
+    }
     combine_forward(out, ys_, plan_, d_);
     if (S_ > 0) shared_forward(out, x, T);
-    update_stats(stats_, plan_, router_->probs(), losses_);
+    update_stats(stats_, plan_, router_->probs(), losses_, group_);
     have_forward_ = true;
     return losses_.weighted_total;
 }
@@ -240,8 +284,16 @@ void MoeLayer<R>::backward(const R* d_out, R* d_x) {
     }
     const int64_t rows = plan_.rows();
     combine_backward(d_ys_, d_row_weight_, d_out, ys_, plan_, d_);
-    zero(d_xs_, rows * d_);
-    experts_->backward(d_xs_, d_ys_, xs_, plan_.offsets);
+    if (exchange_) {
+        // The mirror of forward: output gradients to the experts' ranks, input gradients back.
+        exchange_->to_owners(od_ys_, d_ys_);
+        zero(od_xs_, exchange_->owner_rows() * d_);
+        experts_->backward(od_xs_, od_ys_, oxs_, exchange_->owner_offsets());
+        exchange_->to_home(d_xs_, od_xs_);
+    } else {
+        zero(d_xs_, rows * d_);
+        experts_->backward(d_xs_, d_ys_, xs_, plan_.offsets);
+    }
     dispatch_backward(d_x, d_xs_, plan_, d_);
     router_->backward(in_, plan_, d_row_weight_, d_x);
     if (S_ > 0) shared_backward(d_out, d_x, in_.T);

@@ -33,7 +33,9 @@
 
 #include "core/arena.h"
 #include "core/rng.h"
+#include "dist/comm.h"
 #include "moe/expert_bank.h"
+#include "moe/expert_exchange.h"
 #include "moe/moe_config.h"
 #include "moe/router.h"
 #include "moe/routing_plan.h"
@@ -54,6 +56,16 @@ class MoeLayer {
     ~MoeLayer();
     MoeLayer(const MoeLayer&) = delete;
     MoeLayer& operator=(const MoeLayer&) = delete;
+
+    // Expert parallelism over `comm` (size > 1), before declare: this rank holds and runs
+    // only the experts [first_expert(), first_expert() + local_experts()) (experts.w* have
+    // local_experts() rows), tokens travel to their experts' ranks in dispatch and back in
+    // combine (ExpertExchange), and the router's losses and the statistics cover the batch
+    // of all ranks (Router::set_batch_group). Every rank calls forward and backward the same
+    // number of times. Not for Soft MoE. A size-1 comm changes nothing.
+    void set_expert_parallel(dist::Comm* comm);
+    int64_t local_experts() const;
+    int64_t first_expert() const { return exchange_ ? exchange_->first_expert() : 0; }
 
     // Declares the parameters into `params` under `prefix` (e.g. "layers.3.moe."):
     //   router.w [E, d], router.b [E] (and the router's own), experts.w1 [E, H, d],
@@ -103,6 +115,8 @@ class MoeLayer {
     std::string prefix_;
     std::unique_ptr<Router<R>> router_;
     std::unique_ptr<ExpertBank<R>> experts_;
+    std::unique_ptr<ExpertExchange<R>> exchange_;  // expert parallelism, or null
+    dist::Comm* group_ = nullptr;                  // the batch's ranks (stats), or null
     // shared_ptr: its deleter is bound where SoftMoe is complete, so this header needs only
     // the forward declaration.
     std::shared_ptr<SoftMoe<R>> soft_;
@@ -121,6 +135,11 @@ class MoeLayer {
     R* d_ys_ = nullptr;          // [max_rows, d]
     R* d_xs_ = nullptr;          // [max_rows, d]
     R* d_row_weight_ = nullptr;  // [max_rows]
+    // Expert parallelism: this rank's experts' rows from every rank (acts_).
+    R* oxs_ = nullptr;    // [max_owner_rows, d] received inputs (saved)
+    R* oys_ = nullptr;    // [max_owner_rows, d] expert outputs before they go home
+    R* od_ys_ = nullptr;  // [max_owner_rows, d]
+    R* od_xs_ = nullptr;  // [max_owner_rows, d]
 
     // Shared experts (params/grads and acts_).
     int sw1_id_ = -1, sw3_id_ = -1, sw2_id_ = -1, sgate_id_ = -1;

@@ -15,6 +15,7 @@
 
 #include "core/arena.h"
 #include "core/rng.h"
+#include "dist/comm.h"
 #include "moe/moe_config.h"
 #include "moe/routing_plan.h"
 
@@ -22,7 +23,7 @@ namespace moe::sparse {
 
 template <class R>
 struct RouterInput {
-    const R* x = nullptr;                // [T, d_model] the layer input
+    const R* x = nullptr;  // [T, d_model] the layer input
     int64_t T = 0;
     const int32_t* token_ids = nullptr;  // [T] or null (the hash router needs them)
     const int32_t* labels = nullptr;     // [T] domain of each token, -1 = none, or null
@@ -33,18 +34,18 @@ struct RouterInput {
 // Balancing and auxiliary losses of one forward. `*_loss` are the unweighted values;
 // total() is what the layer adds to the training loss (each times its coefficient).
 struct RouterLosses {
-    double aux_loss = 0;         // Switch: E * sum_i f_i P_i (1 when perfectly balanced)
-    double z_loss = 0;           // mean_t logsumexp(logits_t)^2
-    double importance_loss = 0;  // CV^2 of per-expert importance
-    double load_loss = 0;        // CV^2 of the smooth load estimate (noisy_topk)
-    double assign_loss = 0;      // assigned: cross-entropy of the gate vs the domain
-    double assign_accuracy = -1; // assigned: share of tokens whose domain the gate predicts
-    double weighted_total = 0;   // sum of coef * loss over the terms above
+    double aux_loss = 0;          // Switch: E * sum_i f_i P_i (1 when perfectly balanced)
+    double z_loss = 0;            // mean_t logsumexp(logits_t)^2
+    double importance_loss = 0;   // CV^2 of per-expert importance
+    double load_loss = 0;         // CV^2 of the smooth load estimate (noisy_topk)
+    double assign_loss = 0;       // assigned: cross-entropy of the gate vs the domain
+    double assign_accuracy = -1;  // assigned: share of tokens whose domain the gate predicts
+    double weighted_total = 0;    // sum of coef * loss over the terms above
 };
 
 template <class R>
 class Router {
-public:
+  public:
     explicit Router(const MoeConfig& cfg) : cfg_(cfg) {}
     virtual ~Router() = default;
 
@@ -74,8 +75,32 @@ public:
 
     const MoeConfig& config() const { return cfg_; }
 
-protected:
+    // Data-parallel runs split one batch over the ranks of `group`. With a group, the
+    // balancing losses (and the statistics they come from) are those of the whole batch:
+    // per-expert sums and token counts are summed over the group, every rank gets the same
+    // loss values, and each rank's backward gives its own tokens' exact share of the
+    // gradient, so summing the ranks' gradients gives the single-process gradient. Capacity
+    // limits and expert choice still act within each rank's tokens. null (the default):
+    // this process's tokens are the whole batch.
+    void set_batch_group(dist::Comm* group) { group_ = group; }
+    dist::Comm* batch_group() const { return group_; }
+
+  protected:
+    // Sums v[0, n) over the batch group (nothing without one).
+    void sum_over_batch(double* v, int64_t n) const {
+        if (group_ && group_->size() > 1) group_->allreduce_sum(v, n);
+    }
+    void sum_over_batch(int64_t* v, int64_t n) const {
+        if (group_ && group_->size() > 1) group_->allreduce_sum(v, n);
+    }
+    // This rank's T summed over the batch group.
+    int64_t batch_tokens(int64_t T) const {
+        sum_over_batch(&T, 1);
+        return T;
+    }
+
     MoeConfig cfg_;
+    dist::Comm* group_ = nullptr;
 };
 
 // The router named by cfg.router; an unknown name is an error listing the known ones, and

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "dist/comm.h"
 #include "moe/router.h"
 #include "moe/routing_plan.h"
 
@@ -20,14 +21,15 @@ struct MoeStats {
     double dropped_fraction = 0;             // dropped / (rows + dropped) choices
     double router_entropy = -1;              // mean_t -sum_e p log p (nats); -1 if no probs
     RouterLosses losses;                     // the router's losses (unweighted + total)
+    std::vector<double> sums;                // scratch for summing over a batch group
 };
 
 // Fills `s` from a built plan, the router's probabilities probs [T, E] (null: entropy
-// -1) and its losses. Allocates only if s.tokens_per_expert has not got E entries yet
-// (the layer sizes it at construction).
+// -1) and its losses. With a group (expert/data parallelism), counts, tokens and entropy
+// are those of every rank's tokens together. Allocates only on the first call.
 template <class R>
 void update_stats(MoeStats& s, const RoutingPlan<R>& plan, const R* probs,
-                  const RouterLosses& losses);
+                  const RouterLosses& losses, dist::Comm* group = nullptr);
 
 // Mean over tokens of the entropy -sum_e p log p of each row of probs [T, E] (terms with
 // p <= 0 count 0), in nats. Summed in fixed chunks, so the same for any thread count.

@@ -12,6 +12,7 @@
 #include <functional>
 #include <string>
 
+#include "dist/comm.h"
 #include "models/transformer_lm.h"
 #include "train/lm_train_config.h"
 
@@ -33,7 +34,13 @@ struct TrainHooks {
     std::function<bool(int64_t step, double loss)> after_step;
 };
 
-TrainResult train_lm(const LmTrainConfig& cfg, bool resume, const TrainHooks& hooks = {});
+// comm (optional): train over its ranks (mpirun). The global batch train.batch_size is split
+// evenly (an error if it does not divide), each rank reads its share of every batch, MoE
+// layers spread their experts over the ranks (moe.n_experts must divide too), replicated
+// gradients are summed over the ranks, and rank 0 alone prints and writes files. The
+// losses equal a single process's with the same config, up to rounding.
+TrainResult train_lm(const LmTrainConfig& cfg, bool resume, const TrainHooks& hooks = {},
+                     dist::Comm* comm = nullptr);
 
 // What the MoE layers of a model did in its last forward, averaged over those layers.
 struct RoutingSummary {
@@ -41,6 +48,10 @@ struct RoutingSummary {
     double load_imbalance = 0;    // max / mean tokens per expert (1 = even)
     double dropped = 0;           // share of choices dropped by capacity
     double assign_accuracy = -1;  // assigned router: share of tokens whose domain the gate predicts
+    // FNV-1a hash of every MoE layer's tokens per expert: two runs that route a batch
+    // differently (e.g. after a near-tie between two experts went the other way) almost
+    // always differ here. Logged as "routing_hash" with each step's metrics.
+    uint64_t counts_hash = 0;
 };
 RoutingSummary summarize_routing(const models::TransformerLM& model);
 

@@ -151,9 +151,13 @@ void AssignedRouter<R>::forward(const RouterInput<R>& in, RoutingPlan<R>& plan,
     const Choices<R> ch = this->choices(T, k, by_prob ? this->choice_priority_ : nullptr);
     build_plan_from_choices(plan, ch, E, this->capacity(T, k), this->plan_scratch_);
 
+    // Over the whole batch (Router::set_batch_group): n_labelled_ becomes the batch's count.
+    double sums[3] = {nll, double(correct), double(n_labelled_)};
+    this->sum_over_batch(sums, 3);
+    n_labelled_ = int64_t(sums[2]);
     if (n_labelled_ > 0) {
-        losses.assign_loss = nll / double(n_labelled_);
-        losses.assign_accuracy = double(correct) / double(n_labelled_);
+        losses.assign_loss = sums[0] / double(n_labelled_);
+        losses.assign_accuracy = sums[1] / double(n_labelled_);
     }
     losses.aux_loss = this->aux_loss_forward(plan, this->probs_, T, k);
     losses.weighted_total = cfg.aux_loss_coef * losses.aux_loss + cfg.z_loss_coef * losses.z_loss +

@@ -51,7 +51,7 @@ void GateRouter<R>::declare(Arena& params, Arena& acts, const std::string& prefi
     acts.add(p + "choice_priority", {max_tokens, K_}, dt);
     acts.add(p + "d_choice_weight", {max_tokens, K_}, dt);
     acts.add(p + "plan_scratch", {E_ + max_tokens * K_}, DType::i64);
-    acts.add(p + "f", {E_}, DType::f64);
+    acts.add(p + "f", {2 * E_ + 1}, DType::f64);  // f_i, then P_i sums and T (aux loss)
     acts.add(p + "importance", {E_}, DType::f64);
     acts.add(p + "d_importance", {E_}, DType::f64);
     if (cfg.jitter > 0) {
@@ -201,7 +201,11 @@ double GateRouter<R>::z_loss_forward(int64_t T) {
         lse_[t] = R(lse);
         total += lse * lse;
     }
-    return total / double(T);
+    // Over the whole batch: [sum of lse^2, tokens] summed over the batch group.
+    double sums[2] = {total, double(T)};
+    this->sum_over_batch(sums, 2);
+    batch_T_ = sums[1];
+    return sums[0] / batch_T_;
 }
 
 template <class R>
@@ -219,7 +223,7 @@ void GateRouter<R>::z_loss_backward(R* d_logits, int64_t T, double coef) const {
     if (coef == 0) return;
     for (int64_t t = 0; t < T; ++t) {
         const double lse = double(lse_[t]);
-        const double g = coef * 2.0 * lse / double(T);
+        const double g = coef * 2.0 * lse / batch_T_;
         const R* l = logits_ + t * E_;
         R* dl = d_logits + t * E_;
         for (int64_t e = 0; e < E_; ++e) dl[e] += R(g * std::exp(double(l[e]) - lse));
@@ -230,13 +234,24 @@ template <class R>
 double GateRouter<R>::aux_loss_forward(const RoutingPlan<R>& plan, const R* probs, int64_t T,
                                        int64_t k) {
     // probs: [T, E]
-    const double choices = double(T * k);
-    double aux = 0;
-    for (int64_t i = 0; i < E_; ++i) f_[i] = double(plan.count(i)) / choices;
+    // f_ holds the kept rows of each expert, then P_i's numerator, then T: one sum over
+    // the batch group for all three (f_ has room for 2E + 1 values).
+    double* counts = f_;
+    double* p_sums = f_ + E_;
+    for (int64_t i = 0; i < E_; ++i) counts[i] = double(plan.count(i));
     for (int64_t i = 0; i < E_; ++i) {
         double p = 0;
         for (int64_t t = 0; t < T; ++t) p += double(probs[t * E_ + i]);
-        aux += f_[i] * p / double(T);
+        p_sums[i] = p;
+    }
+    f_[2 * E_] = double(T);
+    this->sum_over_batch(f_, 2 * E_ + 1);
+    aux_T_ = f_[2 * E_];
+    const double choices = aux_T_ * double(k);
+    double aux = 0;
+    for (int64_t i = 0; i < E_; ++i) {
+        counts[i] /= choices;  // f_i
+        aux += counts[i] * p_sums[i] / aux_T_;
     }
     return double(E_) * aux;
 }
@@ -247,7 +262,7 @@ void GateRouter<R>::aux_loss_backward(R* d_probs, int64_t T, double coef) const 
     if (coef == 0) return;
     for (int64_t t = 0; t < T; ++t)
         for (int64_t i = 0; i < E_; ++i)
-            d_probs[t * E_ + i] += R(coef * double(E_) * f_[i] / double(T));
+            d_probs[t * E_ + i] += R(coef * double(E_) * f_[i] / aux_T_);
 }
 
 template <class R>
@@ -276,6 +291,7 @@ double GateRouter<R>::importance_loss_forward(const Choices<R>& ch) {
     std::fill(importance_, importance_ + E_, 0.0);
     for (int64_t c = 0; c < ch.T * ch.k; ++c)
         if (ch.expert[c] >= 0) importance_[ch.expert[c]] += double(ch.weight[c]);
+    this->sum_over_batch(importance_, E_);
     return cv_squared(importance_, E_, d_importance_);
 }
 

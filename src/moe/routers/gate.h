@@ -81,13 +81,14 @@ class GateRouter : public Router<R> {
     static void topk_rows(int32_t* idx, const R* v, int64_t T, int64_t E, int64_t k);
 
     // ---- balancing losses ----
-    // z-loss = mean_t logsumexp(logits_[t, :])^2. Saves lse_ for the backward.
+    // z-loss = mean_t logsumexp(logits_[t, :])^2 over the whole batch. Saves lse_.
     double z_loss_forward(int64_t T);
-    // d_logits[T, E] += coef * 2 lse_t softmax(logits_t) / T.
+    // d_logits[T, E] += coef * 2 lse_t softmax(logits_t) / (tokens of the whole batch).
     void z_loss_backward(R* d_logits, int64_t T, double coef) const;
 
     // Switch aux = E * sum_i f_i P_i with f_i = plan.count(i) / (T * k) (kept rows) and
-    // P_i = mean_t probs[t, i]. probs: [T, E]. Saves f_.
+    // P_i = mean_t probs[t, i], both over the whole batch (see Router::set_batch_group).
+    // probs: [T, E]. Saves f_.
     double aux_loss_forward(const RoutingPlan<R>& plan, const R* probs, int64_t T, int64_t k);
     // Gradient only through P: d_probs[t, i] += coef * E * f_i / T.
     void aux_loss_backward(R* d_probs, int64_t T, double coef) const;
@@ -124,7 +125,10 @@ class GateRouter : public Router<R> {
     R* choice_priority_ = nullptr;      // [max_T, K]
     R* d_choice_weight_ = nullptr;      // [max_T, K] backward scratch
     int64_t* plan_scratch_ = nullptr;   // [E + max_T * K] for build_plan_from_choices
-    double* f_ = nullptr;               // [E] aux-loss dispatch fractions
+    double* f_ = nullptr;               // [2E + 1] aux loss: dispatch fractions f_i, then
+                                        // sums of P_i's numerators, then tokens
+    double batch_T_ = 1;                // tokens of the whole batch (z-loss, last forward)
+    double aux_T_ = 1;                  // tokens of the whole batch (aux loss)
     double* importance_ = nullptr;      // [E] importance of each expert
     double* d_importance_ = nullptr;    // [E] d CV^2 / d importance
     // Jitter (declared only when cfg.jitter > 0).

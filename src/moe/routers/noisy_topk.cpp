@@ -193,6 +193,7 @@ void NoisyTopkRouter<R>::forward(const RouterInput<R>& in, RoutingPlan<R>& plan,
     std::fill(load_, load_ + E, 0.0);
     for (int64_t t = 0; t < T; ++t)
         for (int64_t i = 0; i < E; ++i) load_[i] += p_[t * E + i];
+    this->sum_over_batch(load_, E);  // the whole batch's load (Router::set_batch_group)
 
     const bool by_prob = cfg.drop_policy == DropPolicy::probability;
     std::copy(this->choice_weight_, this->choice_weight_ + T * k, this->choice_priority_);

@@ -26,6 +26,7 @@
 #include <cmath>
 #include <limits>
 #include <memory>
+#include <vector>
 
 #include "core/check.h"
 #include "moe/routers.h"
@@ -62,13 +63,14 @@ class SigmoidBiasRouter final : public GateRouter<R> {
     void selection_scores(int64_t T);
 
     int sel_bias_id_ = -1;
-    R* sel_bias_ = nullptr;         // [E] in the parameter arena; its gradient stays 0
-    R* scores_ = nullptr;           // [max_T, E] s = sigmoid(logits)
-    R* select_ = nullptr;           // [max_T, E] s + bias, masked by group
-    R* chosen_sum_ = nullptr;       // [max_T] sum of the chosen s (renormalisation)
-    R* score_sum_ = nullptr;        // [max_T] sum_e s (the aux loss probabilities)
-    int32_t* group_top_ = nullptr;  // [max_T, topk_groups] kept groups
-    R* group_score_ = nullptr;      // [max_T, n_groups]
+    R* sel_bias_ = nullptr;              // [E] in the parameter arena; its gradient stays 0
+    std::vector<int64_t> batch_counts_;  // [E + 1] after_step scratch: counts, total rows
+    R* scores_ = nullptr;                // [max_T, E] s = sigmoid(logits)
+    R* select_ = nullptr;                // [max_T, E] s + bias, masked by group
+    R* chosen_sum_ = nullptr;            // [max_T] sum of the chosen s (renormalisation)
+    R* score_sum_ = nullptr;             // [max_T] sum_e s (the aux loss probabilities)
+    int32_t* group_top_ = nullptr;       // [max_T, topk_groups] kept groups
+    R* group_score_ = nullptr;           // [max_T, n_groups]
 };
 
 template <class R>
@@ -246,10 +248,16 @@ void SigmoidBiasRouter<R>::after_step(const RoutingPlan<R>& plan) {
     MOE_CHECK(plan.E == E, "sigmoid_bias after_step: plan has ", plan.E, " experts, router ", E);
     // Compare count_i * E with the total rows: exact in integers, so an expert at the mean
     // (e.g. a perfectly balanced batch) is not moved by rounding.
-    const int64_t rows = plan.rows();
+    // Counts of the whole batch (Router::set_batch_group), so every rank nudges its copy
+    // of the bias identically. [E counts, total rows]; sized on the first call only.
+    batch_counts_.resize(size_t(E + 1));
+    for (int64_t e = 0; e < E; ++e) batch_counts_[size_t(e)] = plan.count(e);
+    batch_counts_[size_t(E)] = plan.rows();
+    this->sum_over_batch(batch_counts_.data(), E + 1);
+    const int64_t rows = batch_counts_[size_t(E)];
     const R gamma = R(this->cfg_.bias_update_rate);
     for (int64_t e = 0; e < E; ++e) {
-        const int64_t scaled = plan.count(e) * E;
+        const int64_t scaled = batch_counts_[size_t(e)] * E;
         if (scaled < rows)
             sel_bias_[e] += gamma;
         else if (scaled > rows)
