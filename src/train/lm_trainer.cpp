@@ -1,10 +1,12 @@
 #include "train/lm_trainer.h"
 
+#include <sched.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -33,6 +35,19 @@ std::string format_duration(double s) {
 }
 
 const int kFormatVersion = 1;
+
+// train.threads = 0 under mpirun: the cores this rank may run on (mpirun binds a rank to
+// one core when it starts 2 or fewer), shared with the other ranks on this host when it is
+// not bound. All cores for every rank would oversubscribe the machine R times over.
+int default_rank_threads() {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    const int usable =
+        sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : hardware_threads();
+    const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+    const int on_host = local ? std::max(1, std::atoi(local)) : 1;
+    return std::max(1, usable < hardware_threads() ? usable : usable / on_host);
+}
 
 // Communication since the counters were last reset, over `steps` steps.
 struct CommReport {
@@ -65,11 +80,11 @@ std::string checkpoint_path(const std::string& out_dir) {
 TrainResult train_lm(const LmTrainConfig& cfg, bool resume, const TrainHooks& hooks,
                      dist::Comm* comm) {
     const TrainOptions& opt = cfg.train;
-    set_num_threads(int(opt.threads));
     std::unique_ptr<dist::Comm> single;
     if (!comm) single = dist::make_single_process_comm();
     dist::Comm& group = comm ? *comm : *single;
     const int64_t ranks = group.size(), rank = group.rank();
+    set_num_threads(int(opt.threads > 0 || ranks == 1 ? opt.threads : default_rank_threads()));
     const bool root = rank == 0;  // prints and writes files
     MOE_REQUIRE(opt.batch_size % ranks == 0, "train.batch_size = ", opt.batch_size,
                 " is not divisible by the ", ranks,

@@ -19,4 +19,13 @@ if(MPIEXEC_EXECUTABLE)
                        mpi.train_lm_matches_single_process.np4
                        mpi.train_lm_dense_matches_single_process.np2
                        PROPERTIES TIMEOUT 900 RUN_SERIAL TRUE)
+  # moe.n_experts not divisible by the ranks: an error naming both before any step runs.
+  add_test(NAME mpi.train_lm_experts_not_divisible.np2
+           COMMAND ${MPIEXEC_EXECUTABLE} --allow-run-as-root --oversubscribe -np 2
+                   $<TARGET_FILE:moe_cli> train ${PROJECT_SOURCE_DIR}/recipes/lm/moe_fortunes.json
+                   --set moe.n_experts=3 --set moe.top_k=1
+                   --set "out_dir=\"${CMAKE_BINARY_DIR}/distributed_bad_experts\"")
+  set_tests_properties(mpi.train_lm_experts_not_divisible.np2 PROPERTIES
+    PASS_REGULAR_EXPRESSION "moe.n_experts = 3 is not divisible by the number of ranks \\(2\\)"
+    FAIL_REGULAR_EXPRESSION "step +1/" TIMEOUT 300 RUN_SERIAL TRUE)
 endif()

@@ -20,3 +20,18 @@ if(MPIEXEC_EXECUTABLE)
   # The launcher of the MPI found by find_package(MPI), which the probe is linked against.
   set_tests_properties(mpi.two_host_smoke PROPERTIES ENVIRONMENT "MPIRUN=${MPIEXEC_EXECUTABLE}")
 endif()
+
+# The language recipe trained for 5 steps by 2 ranks on the two hosts: the expert all-to-all
+# and the gradient sums cross the veth over TCP (about 11.6 MB per rank per step, so
+# --expect-bytes 20000000 holds for 5 steps with room to spare).
+add_test(NAME mpi.two_host_train
+         COMMAND ${PROJECT_SOURCE_DIR}/scripts/two_host_mpirun.sh --timeout 240
+                 --expect-bytes 20000000 -- $<TARGET_FILE:moe_cli> train
+                 ${PROJECT_SOURCE_DIR}/recipes/lm/moe_fortunes.json
+                 --set train.steps=5 --set train.log_every=1 --set train.eval_every=0
+                 --set train.threads=1 --set train.tensorboard=false
+                 --set "out_dir=\"${CMAKE_BINARY_DIR}/two_host_train\"")
+set_tests_properties(mpi.two_host_train PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 300 RUN_SERIAL TRUE)
+if(MPIEXEC_EXECUTABLE)
+  set_tests_properties(mpi.two_host_train PROPERTIES ENVIRONMENT "MPIRUN=${MPIEXEC_EXECUTABLE}")
+endif()
