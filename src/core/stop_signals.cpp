@@ -58,11 +58,15 @@ void watch() {
         }
         first_at = now;
         g_requested.store(true);
-        const char msg[] =
-            "\nstopping after this step and saving a checkpoint (press Ctrl-C again to quit "
-            "without saving)\n";
+        // Names the signal: under mpirun a SIGTERM usually means the job is being ended
+        // (e.g. another rank died), not that someone pressed Ctrl-C.
+        const char* msg = sig == SIGINT
+                              ? "\nCtrl-C: stopping after this step and saving a checkpoint "
+                                "(press Ctrl-C again to quit without saving)\n"
+                              : "\nSIGTERM: stopping after this step and saving a checkpoint "
+                                "(a second SIGTERM quits without saving)\n";
         // write(2), not stdio: the main thread may hold stdout's lock.
-        [[maybe_unused]] const ssize_t n = write(STDERR_FILENO, msg, sizeof msg - 1);
+        [[maybe_unused]] const ssize_t n = write(STDERR_FILENO, msg, std::strlen(msg));
     }
 }
 

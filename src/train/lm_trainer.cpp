@@ -56,10 +56,15 @@ struct CommReport {
     double comm_seconds_per_step = 0, compute_seconds_per_step = 0, comm_fraction = 0;
 };
 
-CommReport comm_report(dist::Comm& group, int64_t steps, double compute_seconds) {
+// `excluded`: communication of validation and checkpoint saves in the window, which is
+// not training (their compute is not counted either).
+CommReport comm_report(dist::Comm& group, int64_t steps, double compute_seconds,
+                       const dist::CommCounters& excluded) {
     CommReport r;
     if (group.size() == 1 || steps <= 0) return r;
-    const dist::CommCounters c = group.counters();  // before the all-reduce below
+    dist::CommCounters c = group.counters();  // before the all-reduce below
+    c.bytes_sent -= excluded.bytes_sent;
+    c.seconds -= excluded.seconds;
     int64_t bytes = c.bytes_sent;
     group.allreduce_max(&bytes, 1);
     r.bytes_per_step = double(c.bytes_sent) / double(steps);
@@ -242,6 +247,14 @@ TrainResult train_lm(const LmTrainConfig& cfg, bool resume, const TrainHooks& ho
     int64_t tokens_since_log = 0, last_log_step = step;
     double compute_seconds = 0;  // since the last log, this rank's step time outside comm
     group.reset_counters();
+    dist::CommCounters not_training;  // validation and saves since the last log
+    // Runs f and books its communication under not_training.
+    auto outside_training = [&](auto&& f) {
+        const dist::CommCounters before = group.counters();
+        f();
+        not_training.bytes_sent += group.counters().bytes_sent - before.bytes_sent;
+        not_training.seconds += group.counters().seconds - before.seconds;
+    };
     const int64_t first_step = step;
     while (step < opt.steps) {
         train_sampler.train_batch(step, B, inputs.data(), targets.data(), labels.data());
@@ -293,7 +306,8 @@ TrainResult train_lm(const LmTrainConfig& cfg, bool resume, const TrainHooks& ho
                         : "");
                 moe_part = buf;
             }
-            const CommReport cr = comm_report(group, step - last_log_step, compute_seconds);
+            const CommReport cr =
+                comm_report(group, step - last_log_step, compute_seconds, not_training);
             if (ranks > 1) {
                 char buf[96];
                 std::snprintf(buf, sizeof buf, " | comm %.2f MB/step/rank, %.0f%% of time",
@@ -342,10 +356,11 @@ TrainResult train_lm(const LmTrainConfig& cfg, bool resume, const TrainHooks& ho
             compute_seconds = 0;
             last_log_step = step;
             group.reset_counters();
+            not_training = {};
         }
         const bool last = step == opt.steps;
         if ((opt.eval_every > 0 && step % opt.eval_every == 0) || last) {
-            result.val_loss = evaluate();
+            outside_training([&] { result.val_loss = evaluate(); });
             const RoutingSummary rs = summarize_routing(model);
             std::string acc;
             if (rs.assign_accuracy >= 0)
@@ -375,7 +390,8 @@ TrainResult train_lm(const LmTrainConfig& cfg, bool resume, const TrainHooks& ho
             result.interrupted = true;
             break;
         }
-        if (opt.checkpoint_every > 0 && step % opt.checkpoint_every == 0 && !last) save(step);
+        if (opt.checkpoint_every > 0 && step % opt.checkpoint_every == 0 && !last)
+            outside_training([&] { save(step); });
     }
     save(step);
     result.steps_done = step;
