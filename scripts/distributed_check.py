@@ -55,7 +55,9 @@ def compare(a, b, ra, rb, steps, tol):
     weights differ by rounding (~1e-7 relative), and once a token's two best experts are
     that close the runs route it differently and go their own ways, as two runs with
     different seeds would. Losses are compared up to that step; every step before it
-    must agree within tol."""
+    must agree within tol. With train.reduction_groups > 1 the sums are taken in an order
+    that does not depend on R (kernels/grouped_reduce.h), the runs compute the same bits and
+    the routing never differs (use --min-same-steps STEPS and a tiny --tol to demand it)."""
     first_diff = next((s for s in steps if ra.get(s) != rb.get(s)), None)
     same = [s for s in steps if first_diff is None or s < first_diff]
     worst = max((rel(b[s], a[s]) for s in same), default=0.0)

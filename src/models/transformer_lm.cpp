@@ -135,7 +135,7 @@ std::vector<ShardedParam> TransformerLM::sharded_params() const {
     std::vector<ShardedParam> out;
     for (size_t l = 0; l < moe_.size(); ++l) {
         const auto& m = moe_[l];
-        if (!m || m->local_experts() == m->config().n_experts) continue;
+        if (!m || m->is_soft()) continue;
         const std::string prefix = "layers." + std::to_string(l) + ".moe.experts.";
         for (const auto& e : params_.entries())
             if (e.name.compare(0, prefix.size(), prefix) == 0)

@@ -110,8 +110,8 @@ class TransformerLM {
     Arena& grads() { return grads_; }
     const Arena& params() const { return params_; }
     int64_t num_params() const;  // parameters held by this process
-    // The expert tensors of which this process holds a slice (empty without expert
-    // parallelism); the rest of params() is replicated on every rank.
+    // The expert tensors of the MoE layers and the rows this process holds (all of them
+    // without expert parallelism); the rest of params() is replicated on every rank.
     std::vector<ShardedParam> sharded_params() const;
     size_t activation_bytes() const;  // the model's arena plus its MoE layers'
 

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/check.h"
+#include "kernels/grouped_reduce.h"
 #include "nn/mlp.h"
 
 namespace moe::sparse {
@@ -205,6 +206,10 @@ void ExpertBank<R>::backward(R* d_xs, const R* d_ys, const R* xs, const int64_t*
     MOE_CHECK(w1_ != nullptr, "ExpertBank::backward before bind");
     MOE_CHECK(offsets[0] == 0 && offsets[E_] <= max_rows_, "ExpertBank::backward: ", offsets[E_],
               " rows but buffers hold ", max_rows_);
+    // An expert's rows are the same in one process and on its expert-parallel owner, so its
+    // weight gradients need no canonical grouping (kernels/grouped_reduce.h); worker
+    // threads have 1 anyway.
+    const kernels::ReductionGroups plain(1);
     for_each_expert(offsets, [&](int64_t e) { backward_expert(e, d_xs, d_ys, xs, offsets); });
 }
 

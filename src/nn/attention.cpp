@@ -31,6 +31,7 @@
 
 #include "core/check.h"
 #include "kernels/gemm.h"
+#include "kernels/grouped_reduce.h"
 #include "kernels/softmax.h"
 #include "nn/rope.h"
 
@@ -265,7 +266,10 @@ void attention_backward(R* d_x, R* d_wq, R* d_wk, R* d_wv, R* d_wo, R* scratch, 
     R* slots = cos_sin + (cfg.rope ? round_up(rope_table_size(T, D)) : 0);
 
     // out = y @ wo^T: d_wo += d_out^T @ y, dy = d_out @ wo.
-    kernels::gemm(true, false, C, C, N, R(1), d_out, C, saved.y, C, R(1), d_wo, C);
+    kernels::grouped_rows_reduce(d_wo, C * C, N, [&](R* dw, int64_t first, int64_t rows) {
+        kernels::gemm(true, false, C, C, rows, R(1), d_out + first * C, C, saved.y + first * C, C,
+                      R(1), dw, C);
+    });
     kernels::gemm(false, false, N, C, C, R(1), d_out, C, wo, C, R(0), dy, C);
 
     const bool par = parallel_units(T, D, units);
@@ -301,7 +305,11 @@ void attention_backward(R* d_x, R* d_wq, R* d_wk, R* d_wv, R* d_wo, R* scratch, 
     const R* weights[3] = {wq, wk, wv};
     R* d_weights[3] = {d_wq, d_wk, d_wv};
     for (int i = 0; i < 3; ++i) {
-        kernels::gemm(true, false, C, C, N, R(1), grads[i], C, x, C, R(1), d_weights[i], C);
+        kernels::grouped_rows_reduce(
+            d_weights[i], C * C, N, [&](R* dw, int64_t first, int64_t rows) {
+                kernels::gemm(true, false, C, C, rows, R(1), grads[i] + first * C, C, x + first * C,
+                              C, R(1), dw, C);
+            });
         kernels::gemm(false, false, N, C, C, R(1), grads[i], C, weights[i], C, R(1), d_x, C);
     }
 }

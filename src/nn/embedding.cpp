@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "core/check.h"
+#include "kernels/grouped_reduce.h"
 
 namespace moe::nn {
 
@@ -36,11 +37,14 @@ void embedding_backward(R* d_table, const R* d_out, const int32_t* ids, int64_t 
                         int64_t C) {
     // d_table: [V, C], d_out: [N, C], ids: [N]
     check_ids("embedding_backward", ids, N, V, C);
-    for (int64_t n = 0; n < N; ++n) {
-        R* dst = d_table + int64_t(ids[n]) * C;
-        const R* src = d_out + n * C;
-        for (int64_t c = 0; c < C; ++c) dst[c] += src[c];
-    }
+    // Over the N rows in the canonical order of kernels/grouped_reduce.h.
+    kernels::grouped_rows_reduce(d_table, V * C, N, [&](R* dt, int64_t first, int64_t rows) {
+        for (int64_t n = first; n < first + rows; ++n) {
+            R* dst = dt + int64_t(ids[n]) * C;
+            const R* src = d_out + n * C;
+            for (int64_t c = 0; c < C; ++c) dst[c] += src[c];
+        }
+    });
 }
 
 template void embedding_forward<float>(float*, const int32_t*, const float*, int64_t, int64_t,

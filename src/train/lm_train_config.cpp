@@ -39,6 +39,7 @@ LmTrainConfig read_lm_train_config(io::Config& cfg) {
     t.eval_windows = cfg.get<int64_t>("train.eval_windows", t.eval_windows);
     t.checkpoint_every = cfg.get<int64_t>("train.checkpoint_every", t.checkpoint_every);
     t.tensorboard = cfg.get<bool>("train.tensorboard", t.tensorboard);
+    t.reduction_groups = cfg.get<int64_t>("train.reduction_groups", t.reduction_groups);
 
     c.data.path = cfg.get<std::string>("data.path", c.data.path);
     c.data.val_fraction = cfg.get<double>("data.val_fraction", c.data.val_fraction);
@@ -58,6 +59,9 @@ LmTrainConfig read_lm_train_config(io::Config& cfg) {
     MOE_REQUIRE(t.weight_decay >= 0 && t.grad_clip >= 0, src,
                 ": train.weight_decay and train.grad_clip must be >= 0");
     MOE_REQUIRE(t.threads >= 0, src, ": train.threads must be >= 0 (0 = all cores)");
+    MOE_REQUIRE(t.reduction_groups >= 1 && (t.reduction_groups & (t.reduction_groups - 1)) == 0,
+                src, ": train.reduction_groups must be a power of two (1, 2, 4, ...), got ",
+                t.reduction_groups);
     MOE_REQUIRE(
         t.log_every > 0 && t.eval_every >= 0 && t.eval_windows > 0 && t.checkpoint_every >= 0, src,
         ": train.log_every and train.eval_windows must be > 0, train.eval_every and "
@@ -99,7 +103,8 @@ nlohmann::json to_json(const LmTrainConfig& c) {
               {"eval_every", t.eval_every},
               {"eval_windows", t.eval_windows},
               {"checkpoint_every", t.checkpoint_every},
-              {"tensorboard", t.tensorboard}}},
+              {"tensorboard", t.tensorboard},
+              {"reduction_groups", t.reduction_groups}}},
             {"data", {{"path", c.data.path}, {"val_fraction", c.data.val_fraction}}},
             {"out_dir", c.out_dir}};
 }

@@ -28,6 +28,9 @@ struct TrainOptions {
     int64_t eval_windows = 32;     // validation windows of seq_len tokens
     int64_t checkpoint_every = 0;  // 0: only at the end (and on Ctrl-C)
     bool tensorboard = true;       // event files in out_dir for TensorBoard
+    // Sum gradients over the batch in 2^k canonical row groups (kernels/grouped_reduce.h),
+    // so 1 process and R ranks (R dividing it) compute the same bits. 1: plain sums.
+    int64_t reduction_groups = 1;
 };
 
 struct DataOptions {

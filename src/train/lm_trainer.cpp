@@ -18,6 +18,7 @@
 #include "data/text_corpus.h"
 #include "data/window_sampler.h"
 #include "io/safetensors.h"
+#include "kernels/grouped_reduce.h"
 #include "train/adamw.h"
 #include "train/checkpoint.h"
 #include "train/data_parallel.h"
@@ -143,12 +144,17 @@ TrainResult train_lm(const LmTrainConfig& cfg, bool resume, const TrainHooks& ho
     models::TransformerLM model(cfg.model, Bl, ranks > 1 ? &group : nullptr);
     model.init_weights(uint64_t(opt.seed));
     std::vector<RowShard> shards;
-    std::vector<std::string> sharded_names;
-    for (const models::ShardedParam& p : model.sharded_params()) {
+    for (const models::ShardedParam& p : model.sharded_params())
         shards.push_back({p.name, p.global_rows, p.first_row});
-        sharded_names.push_back(p.name);
-    }
-    DataParallelGrads dp(model.grads(), sharded_names, group);
+    // Exact sums (train.reduction_groups > 1): this rank's share of the canonical groups.
+    const int64_t reduce_groups = opt.reduction_groups;
+    MOE_REQUIRE(reduce_groups == 1 || reduce_groups % ranks == 0,
+                "train.reduction_groups = ", reduce_groups,
+                " must be a multiple of the number of ranks (", ranks, ")");
+    const int64_t local_groups = reduce_groups == 1 ? 1 : reduce_groups / ranks;
+    MOE_REQUIRE((Bl * T) % local_groups == 0, "train.reduction_groups = ", reduce_groups, ": the ",
+                Bl * T, " tokens of a rank's batch do not split into ", local_groups, " groups");
+    DataParallelGrads dp(model.grads(), shards, group, reduce_groups > 1);
     AdamW optim(model.params(),
                 {float(opt.beta1), float(opt.beta2), 1e-8f, float(opt.weight_decay)});
     const LrSchedule schedule{float(opt.lr), float(opt.min_lr), opt.warmup_steps, opt.steps};
@@ -279,7 +285,10 @@ TrainResult train_lm(const LmTrainConfig& cfg, bool resume, const TrainHooks& ho
         MOE_REQUIRE(std::isfinite(loss) && std::isfinite(router_loss),
                     "training diverged: loss is ", loss, " (router loss ", router_loss,
                     ") at step ", step, " (try a lower train.lr)");
-        model.backward();
+        {
+            const kernels::ReductionGroups canonical(local_groups);
+            model.backward();
+        }
         dp.sum_replicated();
         const double grad_norm = dp.clip_global_norm(opt.grad_clip);
         const float lr = schedule.at(step);

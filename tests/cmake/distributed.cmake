@@ -1,23 +1,30 @@
 # `mpirun -np R moe train` against one process on the language recipe (50 steps each),
 # plus checkpoints saved by either resuming identically on both: scripts/distributed_check.py.
-# The MoE recipe is compared while both runs route every batch identically (top-k routing
-# is discontinuous: see the script); the dense variant is compared at every step.
+#   - train.reduction_groups=4 (canonical gradient sums): every step's loss equal to 1e-12
+#     (only the final sum of the reported loss differs) and the routing identical at all 50
+#     steps, on 2 and on 4 ranks;
+#   - plain sums (reduction_groups=1): the MoE recipe agrees to 1e-4 while both runs route
+#     every batch identically (top-k routing is discontinuous, see the script), the dense
+#     variant at every step.
 if(MPIEXEC_EXECUTABLE)
   set(_check ${PROJECT_SOURCE_DIR}/scripts/distributed_check.py)
-  set(_flags "--mpirun-flags=--allow-run-as-root --oversubscribe")
+  set(_run --moe $<TARGET_FILE:moe_cli> --mpirun ${MPIEXEC_EXECUTABLE}
+           "--mpirun-flags=--allow-run-as-root --oversubscribe")
   foreach(np 2 4)
     add_test(NAME mpi.train_lm_matches_single_process.np${np}
-             COMMAND python3 ${_check} --moe $<TARGET_FILE:moe_cli> --ranks ${np}
-                     --out ${CMAKE_BINARY_DIR}/distributed_np${np}
-                     --mpirun ${MPIEXEC_EXECUTABLE} ${_flags})
+             COMMAND python3 ${_check} ${_run} --ranks ${np} --tol 1e-12 --min-same-steps 50
+                     --set train.reduction_groups=4 --out ${CMAKE_BINARY_DIR}/distributed_np${np})
   endforeach()
-  add_test(NAME mpi.train_lm_dense_matches_single_process.np2
-           COMMAND python3 ${_check} --moe $<TARGET_FILE:moe_cli> --ranks 2
-                   --out ${CMAKE_BINARY_DIR}/distributed_dense_np2 --resume-steps 3
-                   --set "model.ffn=\"dense\"" --mpirun ${MPIEXEC_EXECUTABLE} ${_flags})
+  add_test(NAME mpi.train_lm_plain_sums_until_routing_differs.np2
+           COMMAND python3 ${_check} ${_run} --ranks 2 --resume-steps 3
+                   --out ${CMAKE_BINARY_DIR}/distributed_plain_np2)
+  add_test(NAME mpi.train_lm_dense_plain_sums.np2
+           COMMAND python3 ${_check} ${_run} --ranks 2 --resume-steps 3 --min-same-steps 50
+                   --set "model.ffn=\"dense\"" --out ${CMAKE_BINARY_DIR}/distributed_dense_np2)
   set_tests_properties(mpi.train_lm_matches_single_process.np2
                        mpi.train_lm_matches_single_process.np4
-                       mpi.train_lm_dense_matches_single_process.np2
+                       mpi.train_lm_plain_sums_until_routing_differs.np2
+                       mpi.train_lm_dense_plain_sums.np2
                        PROPERTIES TIMEOUT 900 RUN_SERIAL TRUE)
   # moe.n_experts not divisible by the ranks: an error naming both before any step runs.
   add_test(NAME mpi.train_lm_experts_not_divisible.np2

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "core/check.h"
+#include "kernels/grouped_reduce.h"
 
 namespace moe::kernels {
 
@@ -241,10 +242,9 @@ void rmsnorm_forward(double* out, double* rstd, const double* in, const double* 
     rmsnorm_forward_reference(out, rstd, in, weight, N, C, eps);
 }
 
-// d_out[N, C], in[N, C], weight[C], rstd[N] -> d_in[N, C] (+=), d_weight[C] (+=).
-void rmsnorm_backward(float* d_in, float* d_weight, const float* d_out, const float* in,
-                      const float* weight, const float* rstd, int64_t N, int64_t C) {
-    check_sizes("rmsnorm_backward", N, C);
+namespace {
+void rmsnorm_backward_rows(float* d_in, float* d_weight, const float* d_out, const float* in,
+                           const float* weight, const float* rstd, int64_t N, int64_t C) {
     const int64_t nb = row_blocks(N, C);
     std::vector<double> dw(size_t(nb * C), 0.0);
 #pragma omp parallel for schedule(static) if (nb > 1)
@@ -254,6 +254,19 @@ void rmsnorm_backward(float* d_in, float* d_weight, const float* d_out, const fl
             rmsnorm_backward_row(d_in + n * C, dwb, d_out + n * C, in + n * C, weight, rstd[n], C);
     }
     add_blocks(d_weight, dw, nb, C);
+}
+}  // namespace
+
+// d_out[N, C], in[N, C], weight[C], rstd[N] -> d_in[N, C] (+=), d_weight[C] (+=).
+void rmsnorm_backward(float* d_in, float* d_weight, const float* d_out, const float* in,
+                      const float* weight, const float* rstd, int64_t N, int64_t C) {
+    check_sizes("rmsnorm_backward", N, C);
+    // d_weight sums over rows: in the canonical order of kernels/grouped_reduce.h (d_in is
+    // per row, the same however the rows are grouped).
+    grouped_rows_reduce(d_weight, C, N, [&](float* dw, int64_t first, int64_t rows) {
+        rmsnorm_backward_rows(d_in + first * C, dw, d_out + first * C, in + first * C, weight,
+                              rstd + first, rows, C);
+    });
 }
 
 void rmsnorm_backward(double* d_in, double* d_weight, const double* d_out, const double* in,
