@@ -86,6 +86,10 @@ std::string checkpoint_path(const std::string& out_dir) {
 TrainResult train_lm(const LmTrainConfig& cfg, bool resume, const TrainHooks& hooks,
                      dist::Comm* comm) {
     const TrainOptions& opt = cfg.train;
+    // Ctrl-C / SIGTERM stop the loop between steps (see core/stop_signals.h for why no
+    // handler runs on the compute threads). From the start: a signal during set-up (corpus,
+    // tokenizer) stops the run after its first step, with a checkpoint.
+    const StopScope stop_signal;
     std::unique_ptr<dist::Comm> single;
     if (!comm) single = dist::make_single_process_comm();
     dist::Comm& group = comm ? *comm : *single;
@@ -244,9 +248,6 @@ TrainResult train_lm(const LmTrainConfig& cfg, bool resume, const TrainHooks& ho
         return sums[0] / std::max(1.0, sums[1]);
     };
 
-    // Ctrl-C / SIGTERM stop the loop between steps (see core/stop_signals.h for why no
-    // handler runs on the compute threads).
-    const StopScope stop_signal;
     const bool tty = isatty(STDOUT_FILENO);
     TrainResult result;
     Timer clock, since_log;
