@@ -61,13 +61,13 @@ double cross_entropy_row(R* probs, const R* x, int32_t target, int64_t V) {
     return target >= 0 ? std::log(sum) + double(max) - x_target : 0.0;
 }
 
+}  // namespace
+
 int64_t count_targets(const int32_t* targets, int64_t N) {
     int64_t count = 0;
     for (int64_t n = 0; n < N; ++n) count += targets[n] >= 0;
     return count;
 }
-
-}  // namespace
 
 template <class R>
 double cross_entropy_forward(R* probs, const R* logits, const int32_t* targets, int64_t N,

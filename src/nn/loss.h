@@ -13,6 +13,8 @@ namespace moe::nn {
 template <class R>
 double cross_entropy_forward(R* probs, const R* logits, const int32_t* targets, int64_t N,
                              int64_t V);
+// Rows of targets[N] that cross-entropy counts (target != -1): its mean's denominator.
+int64_t count_targets(const int32_t* targets, int64_t N);
 // d_logits[N, V] += d_loss * (probs - onehot(target)) / count, zero on ignored rows.
 template <class R>
 void cross_entropy_backward(R* d_logits, const R* probs, const int32_t* targets, int64_t N,

@@ -19,6 +19,7 @@
 #include "data/window_sampler.h"
 #include "io/safetensors.h"
 #include "kernels/grouped_reduce.h"
+#include "nn/loss.h"
 #include "train/adamw.h"
 #include "train/checkpoint.h"
 #include "train/data_parallel.h"
@@ -238,8 +239,7 @@ TrainResult train_lm(const LmTrainConfig& cfg, bool resume, const TrainHooks& ho
             fo.domains = labels.data() + first * T;
             const double mean =
                 model.forward(inputs.data() + first * T, masked.data(), per_rank, T, fo);
-            const double n = double(std::count_if(masked.begin(), masked.begin() + per_rank * T,
-                                                  [](int32_t t) { return t >= 0; }));
+            const double n = double(nn::count_targets(masked.data(), per_rank * T));
             sums[0] += mean * n;
             sums[1] += n;
             done += b;
@@ -274,12 +274,10 @@ TrainResult train_lm(const LmTrainConfig& cfg, bool resume, const TrainHooks& ho
         fo.training = true;
         fo.seed = uint64_t(opt.seed) * 0x9e3779b97f4a7c15ull + uint64_t(step);
         // This rank's share of the batch's targets, so the ranks' losses add up.
-        const auto valid = [](const int32_t* t, size_t n) {
-            return double(std::count_if(t, t + n, [](int32_t v) { return v >= 0; }));
-        };
-        fo.loss_share = ranks == 1 ? 1.0
-                                   : valid(targets.data() + mine, n_mine) /
-                                         std::max(1.0, valid(targets.data(), targets.size()));
+        fo.loss_share = ranks == 1
+                            ? 1.0
+                            : double(nn::count_targets(targets.data() + mine, int64_t(n_mine))) /
+                                  std::max(1.0, double(nn::count_targets(targets.data(), B * T)));
         double loss = model.forward(inputs.data() + mine, targets.data() + mine, Bl, T, fo);
         if (ranks > 1) group.allreduce_sum(&loss, 1);
         const double router_loss = model.router_loss();  // the whole batch's already
