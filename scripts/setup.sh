@@ -9,9 +9,15 @@ cd "$(dirname "$0")/.."
 packages=(
     g++ cmake make pkg-config
     libdnnl-dev                    # oneDNN: the GEMM backend
+    ocl-icd-opencl-dev             # OpenCL, required by libdnnl-dev's CMake config (only a
+                                   # Recommends, which --no-install-recommends leaves out)
     libopenmpi-dev openmpi-bin     # MPI for distributed runs
+    iproute2                       # ip netns: the two-host MPI tests (skipped without it)
     libgtest-dev libgmock-dev      # tests
     libbenchmark-dev               # microbenchmarks
+    clang libclang-rt-14-dev       # fuzzing and sanitizer builds (libFuzzer, ASan/UBSan runtimes)
+    libomp-dev                     # OpenMP for clang builds
+    llvm                           # llvm-symbolizer: readable sanitizer stack traces
     nlohmann-json3-dev             # config files and safetensors headers
     zlib1g-dev                     # gzip-compressed IDX images
     python3 python3-torch python3-numpy python3-venv python3-pip   # PyTorch fixtures
