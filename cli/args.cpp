@@ -1,5 +1,8 @@
 #include "cli/args.h"
 
+#include "core/check.h"
+#include "core/parse_number.h"
+
 namespace moe::cli {
 
 Args parse_args(int argc, char** argv, const std::set<std::string>& value_options,
@@ -42,28 +45,24 @@ std::string Args::get(const std::string& name, const std::string& fallback) cons
     return it == values.end() ? fallback : it->second.back();
 }
 
-int64_t Args::get_int(const std::string& name, int64_t fallback) const {
+int64_t Args::get_int(const std::string& name, int64_t fallback, int64_t lo, int64_t hi) const {
     auto it = values.find(name);
     if (it == values.end()) return fallback;
     try {
-        size_t used = 0;
-        const int64_t v = std::stoll(it->second.back(), &used);
-        if (used == it->second.back().size()) return v;
-    } catch (const std::exception&) {
+        return parse_int64(it->second.back(), "option " + name, lo, hi);
+    } catch (const Error& e) {
+        throw UsageError(e.what());
     }
-    throw UsageError("option " + name + " needs an integer, got '" + it->second.back() + "'");
 }
 
 double Args::get_double(const std::string& name, double fallback) const {
     auto it = values.find(name);
     if (it == values.end()) return fallback;
     try {
-        size_t used = 0;
-        const double v = std::stod(it->second.back(), &used);
-        if (used == it->second.back().size()) return v;
-    } catch (const std::exception&) {
+        return parse_double(it->second.back(), "option " + name);
+    } catch (const Error& e) {
+        throw UsageError(e.what());
     }
-    throw UsageError("option " + name + " needs a number, got '" + it->second.back() + "'");
 }
 
 }  // namespace moe::cli

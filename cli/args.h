@@ -24,7 +24,10 @@ struct Args {
 
     bool has(const std::string& name) const { return values.count(name) || flags.count(name); }
     std::string get(const std::string& name, const std::string& fallback) const;
-    int64_t get_int(const std::string& name, int64_t fallback) const;  // errors name the option
+    // The whole value must be an integer in [lo, hi]; errors name the option.
+    int64_t get_int(const std::string& name, int64_t fallback, int64_t lo = INT64_MIN,
+                    int64_t hi = INT64_MAX) const;
+    // A finite number; errors name the option.
     double get_double(const std::string& name, double fallback) const;
 };
 

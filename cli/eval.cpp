@@ -34,7 +34,7 @@ int run_eval(int argc, char** argv) {
                               {"--json", "--route-by-label"});
     if (a.help) return std::fputs(kUsage, stdout), 0;
     if (a.positional.size() != 1) throw UsageError("expected one CHECKPOINT");
-    set_num_threads(int(a.get_int("--threads", 0)));
+    set_num_threads(a.get_int("--threads", 0, 0));
     const int64_t batch = a.get_int("--batch", 8), windows = a.get_int("--windows", 16);
     if (batch < 1 || windows < 1) throw UsageError("--batch and --windows must be >= 1");
 

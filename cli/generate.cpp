@@ -35,7 +35,7 @@ int run_generate(int argc, char** argv) {
         {"--stats"});
     if (a.help) return std::fputs(kUsage, stdout), 0;
     if (a.positional.size() != 1) throw UsageError("expected one CHECKPOINT");
-    set_num_threads(int(a.get_int("--threads", 1)));
+    set_num_threads(a.get_int("--threads", 1, 0));
     models::SamplingOptions so;
     so.temperature = a.get_double("--temperature", 0.8);
     so.top_k = a.get_int("--top-k", 40);
@@ -52,7 +52,9 @@ int run_generate(int argc, char** argv) {
     if (int64_t(ids.size()) >= ctx)
         throw UsageError("the prompt has " + std::to_string(ids.size()) +
                          " tokens; the model's context is " + std::to_string(ctx));
-    const int64_t total = std::min<int64_t>(ctx, int64_t(ids.size()) + max_new);
+    // Written so that a --max-tokens near 2^63 cannot overflow the sum.
+    const int64_t total =
+        int64_t(ids.size()) + std::min<int64_t>(ctx - int64_t(ids.size()), max_new);
 
     models::TransformerLM& model = *lm.model;
     model.start_generation(total);

@@ -16,15 +16,18 @@ namespace moe::cli {
 namespace {
 
 const char* kTrainUsage =
-    "usage: moe train CONFIG.json [--set key=value ...] [--resume]\n"
+    "usage: moe train CONFIG.json [--set key=value ...] [--resume | --overwrite]\n"
     "\n"
     "Trains a language model as the config file says (docs/config.md lists every key).\n"
     "\n"
     "  --set key=value   override a config key, e.g. --set train.steps=200 (repeatable)\n"
     "  --resume          continue from OUT_DIR/checkpoint.safetensors\n"
+    "  --overwrite       start again in an OUT_DIR that holds a checkpoint, replacing it and\n"
+    "                    the run's metrics (without either, such an OUT_DIR is refused)\n"
     "  --threads N       threads (default: all cores; same as --set train.threads=N)\n"
     "\n"
-    "Ctrl-C saves a checkpoint and stops; run again with --resume to continue.\n"
+    "Ctrl-C saves a checkpoint and stops; run again with --resume to continue. OUT_DIR is\n"
+    "locked while a run uses it: a second run on it fails and names the first one's pid.\n"
     "\n"
     "Distributed: mpirun -np R moe train CONFIG.json trains over R processes (docs/\n"
     "distributed.md): each rank takes train.batch_size / R sequences of every batch and\n"
@@ -56,7 +59,7 @@ int report(const train::TrainResult& r) {
 int run_train(int argc, char** argv) {
     std::string path;
     std::vector<std::string> sets;
-    bool resume = false;
+    bool resume = false, overwrite = false;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         if (a == "--help" || a == "-h") {
@@ -64,6 +67,8 @@ int run_train(int argc, char** argv) {
             return 0;
         } else if (a == "--resume") {
             resume = true;
+        } else if (a == "--overwrite") {
+            overwrite = true;
         } else if ((a == "--set" || a == "--threads") && i + 1 < argc) {
             sets.push_back(a == "--set" ? argv[++i] : std::string("train.threads=") + argv[++i]);
         } else if (a.rfind("--", 0) == 0) {
@@ -82,13 +87,20 @@ int run_train(int argc, char** argv) {
         std::fputs(kTrainUsage, stderr);
         return 2;
     }
+    if (resume && overwrite) {
+        std::fprintf(stderr, "moe train: --resume and --overwrite exclude each other\n");
+        return 2;
+    }
+    const train::StartMode mode = resume      ? train::StartMode::resume
+                                  : overwrite ? train::StartMode::overwrite
+                                              : train::StartMode::fresh;
     io::Config cfg = io::Config::from_file(path);
     for (const auto& s : sets) cfg.set(s);
     const train::LmTrainConfig c = train::read_lm_train_config(cfg);
     // Under mpirun: every rank runs this; MPI starts here, after the arguments checked out.
     const std::unique_ptr<dist::Comm> comm = dist::make_world_comm();
     try {
-        const train::TrainResult r = train::train_lm(c, resume, {}, comm.get());
+        const train::TrainResult r = train::train_lm(c, mode, {}, comm.get());
         return comm->rank() == 0 ? report(r) : (r.interrupted ? 130 : 0);
     } catch (const std::exception& e) {
         if (comm->size() == 1) throw;
@@ -108,7 +120,8 @@ int run_demo(int argc, char** argv) {
         if (a == "--help" || a == "-h") {
             std::printf(
                 "usage: moe demo [--set key=value ...]\n\n"
-                "Trains an MoE transformer on the fortunes corpus (a few minutes on 2 cores),\n"
+                "Trains an MoE transformer on the fortunes corpus (a few minutes on 2 cores) into\n"
+                "runs/demo (replacing an earlier demo run),\n"
                 "shows the loss falling, then a generated sample and the routing report.\n"
                 "The built-in config is:\n%s\n",
                 kDemoConfig);
@@ -122,7 +135,8 @@ int run_demo(int argc, char** argv) {
         }
     }
     const train::LmTrainConfig c = train::read_lm_train_config(cfg);
-    const train::TrainResult r = train::train_lm(c, /*resume=*/false);
+    // The demo is meant to be run again and again: it replaces its own earlier run.
+    const train::TrainResult r = train::train_lm(c, train::StartMode::overwrite);
     if (r.interrupted) return report(r);
     std::printf("\ndemo: training loss %.3f -> %.3f, validation loss %.3f (perplexity %.1f)\n",
                 r.first_loss, r.last_loss, r.val_loss, std::exp(r.val_loss));

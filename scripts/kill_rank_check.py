@@ -130,8 +130,9 @@ def main():
     # tensorboard=false: each run would leave one more event file in OUT.
     sets = ["train.steps=1000000", "train.log_every=1", "train.threads=1",
             "train.eval_every=0", "train.tensorboard=false", f"out_dir={out}"] + a.set
+    # --overwrite: OUT may hold the checkpoint of an earlier run of this check.
     cmd = [a.mpirun] + shlex.split(a.mpirun_flags) + ["-np", str(a.ranks), a.moe, "train",
-                                                      a.config]
+                                                      a.config, "--overwrite"]
     for s in sets:
         cmd += ["--set", s]
     print("kill_rank_check: " + " ".join(shlex.quote(c) for c in cmd), flush=True)

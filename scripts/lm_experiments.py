@@ -43,7 +43,8 @@ def run(cmd, log):
 def train_and_eval(args, name, sets, inspect=False, data=None):
     out = args.out / name
     out.mkdir(parents=True, exist_ok=True)
-    cmd = [args.moe, "train", str(BASE), "--set", f"out_dir={json.dumps(str(out))}"]
+    # --overwrite: a rerun of the experiments replaces the earlier runs of the same name.
+    cmd = [args.moe, "train", str(BASE), "--overwrite", "--set", f"out_dir={json.dumps(str(out))}"]
     for s in (SMALL if args.small else []) + sets:
         cmd += ["--set", s]
     seconds = run(cmd, out / "train.log")

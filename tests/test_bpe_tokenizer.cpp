@@ -285,9 +285,9 @@ TEST(BpeTokenizer, MalformedSerializationIsRejected) {
     auto rejects = [](const std::string& json, std::initializer_list<std::string> parts) {
         return test::throws_error_with([&] { BpeTokenizer::from_json(json); }, parts);
     };
-    EXPECT_TRUE(rejects("", {"malformed JSON"}));
+    EXPECT_TRUE(rejects("", {"not valid JSON"}));
     EXPECT_TRUE(
-        rejects(R"({"type":"bpe-bytes","vocab_size":257,"merges":[[97,98]])", {"malformed JSON"}));
+        rejects(R"({"type":"bpe-bytes","vocab_size":257,"merges":[[97,98]])", {"not valid JSON"}));
     EXPECT_TRUE(rejects("[1,2]", {"JSON object", "array"}));
     EXPECT_TRUE(rejects(R"({"type":"bytes","vocab_size":256,"merges":[]})", {"'type'", "bytes"}));
     EXPECT_TRUE(rejects(R"({"vocab_size":256,"merges":[]})", {"missing key 'type'"}));

@@ -51,15 +51,15 @@ struct TempRun {
     }
 };
 
-std::vector<double> run_and_record(const train::LmTrainConfig& cfg, bool resume, int64_t stop_at,
-                                   train::TrainResult* result = nullptr) {
+std::vector<double> run_and_record(const train::LmTrainConfig& cfg, train::StartMode mode,
+                                   int64_t stop_at, train::TrainResult* result = nullptr) {
     std::vector<double> losses;
     train::TrainHooks hooks;
     hooks.after_step = [&](int64_t step, double loss) {
         losses.push_back(loss);
         return step != stop_at;
     };
-    const auto r = train::train_lm(cfg, resume, hooks);
+    const auto r = train::train_lm(cfg, mode, hooks);
     if (result) *result = r;
     return losses;
 }
@@ -68,14 +68,14 @@ TEST(TrainLm, ResumeReproducesTheUninterruptedRunExactly) {
     TempRun run;
     auto c = run.config();
     const auto cfg = train::read_lm_train_config(c);
-    const auto full = run_and_record(cfg, false, -1);
+    const auto full = run_and_record(cfg, train::StartMode::fresh, -1);
     ASSERT_EQ(full.size(), 6u);
 
     train::TrainResult first;
-    const auto part1 = run_and_record(cfg, false, 3, &first);
+    const auto part1 = run_and_record(cfg, train::StartMode::overwrite, 3, &first);
     EXPECT_TRUE(first.interrupted);
     EXPECT_EQ(first.steps_done, 3);
-    const auto part2 = run_and_record(cfg, true, -1);
+    const auto part2 = run_and_record(cfg, train::StartMode::resume, -1);
     ASSERT_EQ(part1.size(), 3u);
     ASSERT_EQ(part2.size(), 3u);
     for (size_t i = 0; i < 3; ++i) {
@@ -87,7 +87,7 @@ TEST(TrainLm, ResumeReproducesTheUninterruptedRunExactly) {
 TEST(TrainLm, LossFallsOnRepetitiveText) {
     TempRun run;
     auto c = run.config("train.steps=40");
-    const auto losses = run_and_record(train::read_lm_train_config(c), false, -1);
+    const auto losses = run_and_record(train::read_lm_train_config(c), train::StartMode::fresh, -1);
     ASSERT_EQ(losses.size(), 40u);
     EXPECT_LT(losses.back(), losses.front() - 1.0) << losses.front() << " -> " << losses.back();
 }
@@ -96,7 +96,7 @@ TEST(TrainLm, CheckpointHoldsNamedTensorsAndConfig) {
     TempRun run;
     auto c = run.config("train.steps=2");
     const auto cfg = train::read_lm_train_config(c);
-    train::train_lm(cfg, false);
+    train::train_lm(cfg, train::StartMode::fresh);
     io::SafetensorsFile f(train::checkpoint_path(cfg.out_dir));
     EXPECT_TRUE(f.contains("layers.0.attn.wq"));
     EXPECT_TRUE(f.contains("optim.m.layers.0.ffn.w1"));
@@ -147,10 +147,12 @@ TEST(TrainLm, DataAndResumeErrorsNameThePath) {
     TempRun run;
     auto c = run.config("data.path=/nonexistent/corpus");
     const auto bad_data = train::read_lm_train_config(c);
-    expect_error_mentions([&] { train::train_lm(bad_data, false); }, "/nonexistent/corpus");
+    expect_error_mentions([&] { train::train_lm(bad_data, train::StartMode::fresh); },
+                          "/nonexistent/corpus");
     auto c2 = run.config();
     const auto cfg = train::read_lm_train_config(c2);
-    expect_error_mentions([&] { train::train_lm(cfg, true); }, "checkpoint.safetensors");
+    expect_error_mentions([&] { train::train_lm(cfg, train::StartMode::resume); },
+                          "checkpoint.safetensors");
 }
 
 // Runs the built `moe` command; returns its exit code and what it printed on stderr.

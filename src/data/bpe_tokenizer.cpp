@@ -5,6 +5,8 @@
 #include <queue>
 
 #include "core/check.h"
+#include "core/parse_number.h"
+#include "io/json_text.h"
 
 namespace moe::data {
 
@@ -295,23 +297,18 @@ std::string BpeTokenizer::to_json() const {
 }
 
 BpeTokenizer BpeTokenizer::from_json(const std::string& text) {
-    nlohmann::json j;
-    try {
-        j = nlohmann::json::parse(text);
-    } catch (const nlohmann::json::exception& e) {
-        MOE_FAIL("tokenizer: malformed JSON: ", e.what());
-    }
+    const nlohmann::json j = io::parse_json(text, "tokenizer");
     MOE_REQUIRE(j.is_object(), "tokenizer: expected a JSON object, got ", j.type_name());
     for (const auto& [key, value] : j.items())
         MOE_REQUIRE(key == "type" || key == "vocab_size" || key == "merges",
-                    "tokenizer: unknown key '", key, "'");
+                    "tokenizer: unknown key '", excerpt(key), "'");
     for (const char* key : {"type", "vocab_size", "merges"})
         MOE_REQUIRE(j.contains(key), "tokenizer: missing key '", key, "'");
     MOE_REQUIRE(j["type"].is_string() && j["type"].get<std::string>() == "bpe-bytes",
-                "tokenizer: 'type' must be \"bpe-bytes\", got ", j["type"].dump());
+                "tokenizer: 'type' must be \"bpe-bytes\", got ", io::json_excerpt(j["type"]));
     const nlohmann::json& vs = j["vocab_size"];
     MOE_REQUIRE(vs.is_number_integer(), "tokenizer: 'vocab_size' must be an integer, got ",
-                vs.dump());
+                io::json_excerpt(vs));
     const int64_t vocab_size = vs.get<int64_t>();
     MOE_REQUIRE(vocab_size >= 256, "tokenizer: 'vocab_size' must be >= 256 (the bytes), got ",
                 vocab_size);
@@ -325,7 +322,8 @@ BpeTokenizer BpeTokenizer::from_json(const std::string& text) {
         const nlohmann::json& p = m[i];
         MOE_REQUIRE(
             p.is_array() && p.size() == 2 && p[0].is_number_integer() && p[1].is_number_integer(),
-            "tokenizer: merge ", i, " must be a pair of integers [a, b], got ", p.dump());
+            "tokenizer: merge ", i, " must be a pair of integers [a, b], got ",
+            io::json_excerpt(p));
         const int64_t a = p[0].get<int64_t>(), b = p[1].get<int64_t>();
         // Out of int32 range is certainly undefined; the constructor checks the rest.
         for (int64_t id : {a, b})

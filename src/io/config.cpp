@@ -1,10 +1,13 @@
 #include "io/config.h"
 
-#include <fstream>
+#include <algorithm>
 #include <sstream>
 #include <vector>
 
 #include "core/check.h"
+#include "core/parse_number.h"
+#include "io/input_file.h"
+#include "io/json_text.h"
 
 namespace moe::io {
 
@@ -18,12 +21,31 @@ std::vector<std::string> split_key(const std::string& key) {
     return parts;
 }
 
+// A config far larger than any real one (ours are under 2 KB) is a wrong path, not a config.
+constexpr uint64_t kMaxConfigBytes = 16 << 20;
+
+// Recursion is bounded: documents are parsed with io::kMaxJsonDepth.
 void collect_leaves(const json& j, const std::string& prefix, std::vector<std::string>& out) {
     if (j.is_object() && !j.empty()) {
         for (auto it = j.begin(); it != j.end(); ++it)
             collect_leaves(it.value(), prefix.empty() ? it.key() : prefix + "." + it.key(), out);
     } else {
         out.push_back(prefix);
+    }
+}
+
+// A key "train.steps" at the top level would be looked up as train -> steps by nobody and
+// match the dotted name "train.steps" in finish(): accepted and ignored. Keys are single
+// words; sections nest.
+void check_key_names(const json& j, const std::string& source, const std::string& prefix) {
+    if (!j.is_object()) return;
+    for (auto it = j.begin(); it != j.end(); ++it) {
+        const std::string& k = it.key();
+        const std::string where = prefix.empty() ? "" : " in section '" + prefix + "'";
+        MOE_REQUIRE(!k.empty(), source, ": empty key", where);
+        MOE_REQUIRE(k.find('.') == std::string::npos, source, ": key '", excerpt(k), "'", where,
+                    " contains '.'; nest sections instead, e.g. {\"train\": {\"steps\": 5}}");
+        check_key_names(it.value(), source, prefix.empty() ? k : prefix + "." + k);
     }
 }
 
@@ -41,29 +63,27 @@ bool is_int_lists(const json& v) {
 
 template <class T>
 const char* type_name() {
-    if constexpr (std::is_same_v<T, IntLists>) return "a list of lists of integers";
-    else if constexpr (std::is_same_v<T, bool>) return "true or false";
-    else if constexpr (std::is_integral_v<T>) return "an integer";
-    else if constexpr (std::is_floating_point_v<T>) return "a number";
-    else return "a string";
+    if constexpr (std::is_same_v<T, IntLists>)
+        return "a list of lists of integers";
+    else if constexpr (std::is_same_v<T, bool>)
+        return "true or false";
+    else if constexpr (std::is_integral_v<T>)
+        return "an integer";
+    else if constexpr (std::is_floating_point_v<T>)
+        return "a number";
+    else
+        return "a string";
 }
 }  // namespace
 
 Config::Config(const std::string& text, const std::string& source) : source_(source) {
-    try {
-        doc_ = json::parse(text, nullptr, true, /*ignore_comments=*/true);
-    } catch (const json::parse_error& e) {
-        MOE_FAIL(source, ": not valid JSON: ", e.what());
-    }
+    doc_ = parse_json(text, source, /*allow_comments=*/true);
     MOE_REQUIRE(doc_.is_object(), source, ": the top level must be a JSON object");
+    check_key_names(doc_, source, "");
 }
 
 Config Config::from_file(const std::string& path) {
-    std::ifstream in(path);
-    MOE_REQUIRE(in.good(), path, ": cannot open config file");
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return Config(ss.str(), path);
+    return Config(read_regular_file(path, "config file", kMaxConfigBytes), path);
 }
 
 void Config::set(const std::string& assignment) {
@@ -72,13 +92,27 @@ void Config::set(const std::string& assignment) {
                 ": expected key=value, e.g. --set train.steps=100");
     const std::string key = assignment.substr(0, eq), text = assignment.substr(eq + 1);
     json value;
+    // Every string a config holds is valid UTF-8 (a file's JSON must be), so it can be
+    // saved in a checkpoint's metadata; a --set value that is not is refused here, before
+    // a run starts, not when its first checkpoint is written.
+    MOE_REQUIRE(is_valid_utf8(assignment), "--set ", excerpt(assignment),
+                ": not valid UTF-8 (a path of other bytes cannot be stored in a checkpoint; "
+                "rename the file or link it under a UTF-8 name)");
+    check_json_depth(text, "--set " + key);
     try {
         value = json::parse(text);
     } catch (const json::parse_error&) {
         value = text;  // a bare word is a string
     }
+    check_key_names(value, "--set " + key, key);
+    const std::vector<std::string> parts = split_key(key);
+    // "a..b", ".a" and "a." have empty parts: no key is spelt like that.
+    MOE_REQUIRE(key.back() != '.' &&
+                    std::none_of(parts.begin(), parts.end(), [](auto& p) { return p.empty(); }),
+                "--set ", excerpt(assignment), ": '", excerpt(key),
+                "' is not a key; keys are words joined by '.', e.g. train.steps");
     json* node = &doc_;
-    for (const std::string& part : split_key(key)) {
+    for (const std::string& part : parts) {
         if (node->is_null()) *node = json::object();  // a new section
         MOE_REQUIRE(node->is_object(), "--set ", assignment, ": '", part,
                     "' is below a value that is not a section");
@@ -102,12 +136,18 @@ T Config::get(const std::string& key, const T& fallback) {
     const json* v = find(key);
     if (!v) return fallback;
     bool ok;
-    if constexpr (std::is_same_v<T, IntLists>) ok = is_int_lists(*v);
-    else if constexpr (std::is_same_v<T, bool>) ok = v->is_boolean();
-    else if constexpr (std::is_integral_v<T>) ok = v->is_number_integer();
-    else if constexpr (std::is_floating_point_v<T>) ok = v->is_number();
-    else ok = v->is_string();
-    MOE_REQUIRE(ok, source_, ": key '", key, "' must be ", type_name<T>(), ", got ", v->dump());
+    if constexpr (std::is_same_v<T, IntLists>)
+        ok = is_int_lists(*v);
+    else if constexpr (std::is_same_v<T, bool>)
+        ok = v->is_boolean();
+    else if constexpr (std::is_integral_v<T>)
+        ok = v->is_number_integer();
+    else if constexpr (std::is_floating_point_v<T>)
+        ok = v->is_number();
+    else
+        ok = v->is_string();
+    MOE_REQUIRE(ok, source_, ": key '", key, "' must be ", type_name<T>(), ", got ",
+                json_excerpt(*v));
     return v->get<T>();
 }
 

@@ -7,18 +7,24 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 #include <nlohmann/json.hpp>
 #include <unordered_set>
 
+#include "core/parse_number.h"
 #include "io/atomic_file.h"
+#include "io/input_file.h"
+#include "io/json_text.h"
 
 namespace moe::io {
 
-// ordered_json keeps keys in the order they were written or read, so the header lists
-// tensors in the caller's order and names() can report file order for zero-size tensors,
-// which share a data offset with their neighbour and cannot be ordered by offset alone.
-using json = nlohmann::ordered_json;
+// std::map-backed json: nlohmann::ordered_json finds a key by linear search, which made a
+// header of 200,000 tensors take 31 s to parse (and as long to build). Header order, which
+// names() needs for zero-size tensors (they share a data offset with their neighbour), is
+// recorded by the parser callback instead, and the writer emits entries in the caller's
+// order itself.
+using json = nlohmann::json;
 
 // GCC defines __SANITIZE_ADDRESS__ under -fsanitize=address; clang reports it as a feature.
 #if defined(__SANITIZE_ADDRESS__)
@@ -55,20 +61,20 @@ std::string range_str(uint64_t begin, uint64_t end) {
 // checked against `data_size` before it is used, so later reads cannot leave the mapping.
 SafetensorsFile::Info parse_entry(const std::string& path, const std::string& name, const json& v,
                                   uint64_t data_size) {
-    const std::string where = "tensor '" + name + "': ";
+    const std::string where = "tensor '" + excerpt(name, 80) + "': ";
     if (!v.is_object()) bad(path, where + "entry is not an object");
     for (const char* key : {"dtype", "shape", "data_offsets"})
         if (!v.contains(key)) bad(path, where + "entry has no \"" + key + "\"");
 
     SafetensorsFile::Info info{};
     const json& dt = v["dtype"];
-    if (!dt.is_string()) bad(path, where + "dtype " + dt.dump() + " is not a string");
+    if (!dt.is_string()) bad(path, where + "dtype " + json_excerpt(dt) + " is not a string");
     const std::string dt_name = dt.get<std::string>();
     if (!dtype_from_safetensors(dt_name, &info.dtype))
         bad(path, where + "unknown dtype '" + dt_name + "'");
 
     const json& shape = v["shape"];
-    if (!shape.is_array()) bad(path, where + "shape " + shape.dump() + " is not an array");
+    if (!shape.is_array()) bad(path, where + "shape " + json_excerpt(shape) + " is not an array");
     if (shape.size() > size_t(kMaxDims))
         bad(path, where + "shape has " + std::to_string(shape.size()) + " dimensions, at most " +
                       std::to_string(kMaxDims) + " supported");
@@ -77,7 +83,7 @@ SafetensorsFile::Info parse_entry(const std::string& path, const std::string& na
     bool has_zero = false, overflow = false;
     for (const json& d : shape) {
         if (!d.is_number_unsigned())
-            bad(path, where + "shape size " + d.dump() + " is not a non-negative integer");
+            bad(path, where + "shape size " + json_excerpt(d) + " is not a non-negative integer");
         const uint64_t dim = d.get<uint64_t>();
         if (dim > kMaxDim) bad(path, where + "shape size " + std::to_string(dim) + " is too large");
         if (dim == 0)
@@ -93,7 +99,8 @@ SafetensorsFile::Info parse_entry(const std::string& path, const std::string& na
     const json& off = v["data_offsets"];
     if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() ||
         !off[1].is_number_unsigned())
-        bad(path, where + "data_offsets " + off.dump() + " is not a pair of non-negative integers");
+        bad(path, where + "data_offsets " + json_excerpt(off) +
+                      " is not a pair of non-negative integers");
     info.begin = off[0].get<uint64_t>();
     info.end = off[1].get<uint64_t>();
     if (info.begin > info.end)
@@ -143,32 +150,35 @@ const char* dtype_to_safetensors(DType t) {
 void save_safetensors(const std::string& path, const std::vector<TensorToSave>& tensors,
                       const std::map<std::string, std::string>& metadata) {
     // Everything is validated before the temporary file exists, so a bad argument never
-    // touches the disk.
-    json header = json::object();
-    if (!metadata.empty()) header[kMetadataKey] = metadata;
-    std::unordered_set<std::string> seen;
-    uint64_t offset = 0;
-    for (const auto& t : tensors) {
-        const std::string where = path + ": save_safetensors: tensor '" + t.name + "' ";
-        if (t.name == kMetadataKey) MOE_FAIL(where, "uses the reserved name");
-        if (!seen.insert(t.name).second) MOE_FAIL(where, "given twice");
-        if (!t.tensor.is_contiguous()) MOE_FAIL(where, t.tensor.str(), " is not contiguous");
-        if (t.tensor.device != Device::cpu) MOE_FAIL(where, "is not on the CPU");
-        if (t.tensor.data == nullptr && t.tensor.nbytes() != 0)
-            MOE_FAIL(where, t.tensor.str(), " has no data");
-        std::vector<int64_t> shape(t.tensor.shape.dims.begin(),
-                                   t.tensor.shape.dims.begin() + t.tensor.rank());
-        header[t.name] = {{"dtype", dtype_to_safetensors(t.tensor.dtype)},
-                          {"shape", shape},
-                          {"data_offsets", {offset, offset + t.tensor.nbytes()}}};
-        offset += t.tensor.nbytes();
-    }
-    std::string text;
+    // touches the disk. The header text is built entry by entry, in the caller's order.
+    std::string text = "{";
     try {
-        text = header.dump();
+        if (!metadata.empty())
+            text += "\"" + std::string(kMetadataKey) + "\":" + json(metadata).dump();
+        std::unordered_set<std::string> seen;
+        uint64_t offset = 0;
+        for (const auto& t : tensors) {
+            const std::string where =
+                path + ": save_safetensors: tensor '" + excerpt(t.name, 80) + "' ";
+            if (t.name == kMetadataKey) MOE_FAIL(where, "uses the reserved name");
+            if (!seen.insert(t.name).second) MOE_FAIL(where, "given twice");
+            if (!t.tensor.is_contiguous()) MOE_FAIL(where, t.tensor.str(), " is not contiguous");
+            if (t.tensor.device != Device::cpu) MOE_FAIL(where, "is not on the CPU");
+            if (t.tensor.data == nullptr && t.tensor.nbytes() != 0)
+                MOE_FAIL(where, t.tensor.str(), " has no data");
+            std::vector<int64_t> shape(t.tensor.shape.dims.begin(),
+                                       t.tensor.shape.dims.begin() + t.tensor.rank());
+            const json entry = {{"dtype", dtype_to_safetensors(t.tensor.dtype)},
+                                {"shape", shape},
+                                {"data_offsets", {offset, offset + t.tensor.nbytes()}}};
+            if (text.size() > 1) text += ',';
+            text += json(t.name).dump() + ":" + entry.dump();
+            offset += t.tensor.nbytes();
+        }
     } catch (const nlohmann::json::exception& e) {  // a name or value that is not UTF-8
         MOE_FAIL(path, ": save_safetensors: cannot encode the header: ", e.what());
     }
+    text += '}';
     // Pad with spaces so the data section starts 8-byte aligned, as the reference
     // implementation does; readers that map the file can then view f32/f64 in place.
     text.append((8 - (text.size() % 8)) % 8, ' ');
@@ -184,19 +194,10 @@ void save_safetensors(const std::string& path, const std::vector<TensorToSave>& 
 }
 
 SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) MOE_FAIL(path, ": cannot open: ", std::strerror(errno));
-    struct stat st {};
-    if (::fstat(fd, &st) != 0) {
-        const int err = errno;
-        ::close(fd);
-        MOE_FAIL(path, ": cannot stat: ", std::strerror(err));
-    }
-    if (!S_ISREG(st.st_mode)) {
-        ::close(fd);
-        MOE_FAIL(path, ": not a regular file");
-    }
-    map_size_ = size_t(st.st_size);
+    // Non-blocking open and a regular-file check: a FIFO would block open() forever.
+    uint64_t size = 0;
+    const int fd = open_regular_file(path, "checkpoint (safetensors file)", &size);
+    map_size_ = size_t(size);
     if (map_size_ < 8) {
         ::close(fd);
         bad(path, "file is " + std::to_string(map_size_) +
@@ -256,38 +257,46 @@ void SafetensorsFile::parse_header() {
     const uint64_t data_size = map_size_ - 8 - n;
 
     // JSON parsers keep one of two equal keys silently; a tensor listed twice with two
-    // different offsets is ambiguous, so the callback records top-level duplicates.
+    // different offsets is ambiguous, so the callback records top-level duplicates, and the
+    // top-level keys in header order.
+    const std::string_view text(reinterpret_cast<const char*>(map_ + 8), size_t(n));
+    check_json_depth(text, path + ": header");
     std::unordered_set<std::string> keys;
+    std::vector<std::string> key_order;
     std::string duplicate;
     auto on_event = [&](int depth, json::parse_event_t event, json& parsed) {
-        if (depth == 1 && event == json::parse_event_t::key && duplicate.empty() &&
-            !keys.insert(parsed.get<std::string>()).second)
-            duplicate = parsed.get<std::string>();
+        if (depth == 1 && event == json::parse_event_t::key && duplicate.empty()) {
+            const std::string& key = parsed.get_ref<const std::string&>();
+            if (keys.insert(key).second)
+                key_order.push_back(key);
+            else
+                duplicate = key;
+        }
         return true;
     };
     json header;
     try {
-        header = json::parse(map_ + 8, map_ + 8 + n, on_event);
+        header = json::parse(text.begin(), text.end(), on_event);
     } catch (const nlohmann::json::exception& e) {
-        bad(path, std::string("malformed JSON header: ") + e.what());
+        bad(path, "malformed JSON header: " + excerpt(e.what(), 200));
     }
     if (!header.is_object()) bad(path, "JSON header is not an object");
-    if (!duplicate.empty()) bad(path, "key '" + duplicate + "' appears twice in the header");
+    if (!duplicate.empty())
+        bad(path, "key '" + excerpt(duplicate, 80) + "' appears twice in the header");
 
     struct Range {
         uint64_t begin, end;
         const std::string* name;
     };
     std::vector<Range> ranges;
-    for (auto it = header.begin(); it != header.end(); ++it) {
-        const std::string& name = it.key();
-        const json& v = it.value();
+    for (const std::string& name : key_order) {
+        const json& v = header.at(name);
         if (name == kMetadataKey) {
             if (!v.is_object()) bad(path, "__metadata__ is not an object");
             for (auto m = v.begin(); m != v.end(); ++m) {
                 if (!m.value().is_string())
-                    bad(path, "metadata value '" + m.key() + "' is " + m.value().dump() +
-                                  ", not a string");
+                    bad(path, "metadata value '" + excerpt(m.key()) + "' is " +
+                                  json_excerpt(m.value()) + ", not a string");
                 metadata_[m.key()] = m.value().get<std::string>();
             }
             continue;
@@ -303,8 +312,9 @@ void SafetensorsFile::parse_header() {
     for (size_t i = 1; i < ranges.size(); ++i) {
         const Range &a = ranges[i - 1], &b = ranges[i];
         if (b.begin < a.end)
-            bad(path, "tensors '" + *a.name + "' " + range_str(a.begin, a.end) + " and '" +
-                          *b.name + "' " + range_str(b.begin, b.end) + " overlap");
+            bad(path, "tensors '" + excerpt(*a.name, 80) + "' " + range_str(a.begin, a.end) +
+                          " and '" + excerpt(*b.name, 80) + "' " + range_str(b.begin, b.end) +
+                          " overlap");
     }
     // File order is data order; a stable sort keeps header order among equal offsets.
     std::stable_sort(order_.begin(), order_.end(), [&](const std::string& a, const std::string& b) {
@@ -337,12 +347,72 @@ std::span<const uint8_t> SafetensorsFile::bytes(const std::string& name) const {
     return {data_ + i.begin, size_t(i.end - i.begin)};
 }
 
+void SafetensorsFile::check_finite(const std::string& name) const {
+    const Info& i = info(name);
+    const uint8_t* src = data_ + i.begin;
+    const int64_t n = i.shape.numel();
+    // One pass, no early exit in the common (all finite) case; then find the first culprit.
+    auto first_bad = [&](auto load) -> int64_t {
+        bool all_finite = true;
+        for (int64_t k = 0; k < n; ++k) all_finite &= std::isfinite(load(k));
+        if (all_finite) return -1;
+        for (int64_t k = 0; k < n; ++k)
+            if (!std::isfinite(load(k))) return k;
+        return -1;
+    };
+    int64_t bad_at = -1;
+    double value = 0;
+    switch (i.dtype) {
+        case DType::f32:
+            bad_at = first_bad([&](int64_t k) {
+                float v;
+                std::memcpy(&v, src + 4 * k, 4);
+                return v;
+            });
+            if (bad_at >= 0) {
+                float v;
+                std::memcpy(&v, src + 4 * bad_at, 4);
+                value = v;
+            }
+            break;
+        case DType::f64:
+            bad_at = first_bad([&](int64_t k) {
+                double v;
+                std::memcpy(&v, src + 8 * k, 8);
+                return v;
+            });
+            if (bad_at >= 0) std::memcpy(&value, src + 8 * bad_at, 8);
+            break;
+        case DType::bf16:
+            bad_at = first_bad([&](int64_t k) {
+                uint16_t v;
+                std::memcpy(&v, src + 2 * k, 2);
+                return bf16_to_f32(v);
+            });
+            if (bad_at >= 0) {
+                uint16_t v;
+                std::memcpy(&v, src + 2 * bad_at, 2);
+                value = bf16_to_f32(v);
+            }
+            break;
+        default:
+            return;  // integers are always finite
+    }
+    if (bad_at >= 0)
+        MOE_FAIL(path_, ": tensor '", excerpt(name, 80), "' holds ", value, " at element ", bad_at,
+                 " (flat index) of ", i.shape.str(),
+                 "; a checkpoint with non-finite weights cannot be used (the run that wrote it had "
+                 "diverged, or the file is damaged)");
+}
+
 template <class R>
-void SafetensorsFile::read(const std::string& name, const Shape& expected, R* dst) const {
+void SafetensorsFile::read(const std::string& name, const Shape& expected, R* dst,
+                           NonFinite non_finite) const {
     const Info& i = info(name);
     if (!(i.shape == expected))
         MOE_FAIL(path_, ": tensor '", name, "' has shape ", i.shape.str(), ", expected ",
                  expected.str());
+    if (non_finite == NonFinite::reject) check_finite(name);
     // memcpy per element: the data section is 8-byte aligned but a tensor inside it need
     // not be (a bf16 tensor of odd length shifts every later one).
     const uint8_t* src = data_ + i.begin;
@@ -375,13 +445,15 @@ void SafetensorsFile::read(const std::string& name, const Shape& expected, R* ds
     }
 }
 
-template void SafetensorsFile::read<float>(const std::string&, const Shape&, float*) const;
-template void SafetensorsFile::read<double>(const std::string&, const Shape&, double*) const;
+template void SafetensorsFile::read<float>(const std::string&, const Shape&, float*,
+                                           NonFinite) const;
+template void SafetensorsFile::read<double>(const std::string&, const Shape&, double*,
+                                            NonFinite) const;
 
 std::vector<float> SafetensorsFile::read_f32(const std::string& name) const {
     const Info& i = info(name);
     std::vector<float> out(size_t(i.shape.numel()));
-    read(name, i.shape, out.data());
+    read(name, i.shape, out.data(), NonFinite::allow);
     return out;
 }
 

@@ -8,7 +8,9 @@
 // The reader maps the file and validates everything before handing out a byte: a truncated
 // file, a header length past the end, malformed JSON, a key listed twice, an unknown dtype,
 // offsets out of range or overlapping, and a shape that does not match its byte size are
-// each rejected with a one-line moe::Error naming the file and the problem. (Built with
+// each rejected with a one-line moe::Error naming the file and the problem. A path that is
+// not a regular file (a FIFO, a device) is refused without blocking, and a header nested
+// deeper than io::kMaxJsonDepth is refused before parsing. (Built with
 // AddressSanitizer, it reads the file into an exactly-sized heap block instead, so that
 // any read past the end is caught; see tests/cmake/asan.cmake.)
 #pragma once
@@ -62,10 +64,18 @@ class SafetensorsFile {
     std::span<const uint8_t> bytes(const std::string& name) const;
 
     // Copies a tensor into `dst`, converting f32, bf16 or f64 to R. The stored shape must
-    // equal `expected`, else an error names the file, the tensor and both shapes.
+    // equal `expected`, else an error names the file, the tensor and both shapes; a NaN or
+    // infinite value is an error naming the tensor.
+    // NonFinite::allow is for test fixtures, which hold -inf on purpose (masked logits).
+    enum class NonFinite { reject, allow };
     template <class R>
-    void read(const std::string& name, const Shape& expected, R* dst) const;
-    // Reads a tensor of any float dtype as a flat vector (for tests and tools).
+    void read(const std::string& name, const Shape& expected, R* dst,
+              NonFinite non_finite = NonFinite::reject) const;
+    // Throws an error naming the file, the tensor and the first element that is NaN or
+    // infinite (float dtypes; integer tensors pass).
+    void check_finite(const std::string& name) const;
+    // Reads a tensor of any float dtype as a flat vector, values as stored (for tests and
+    // tools: NaN and infinity pass).
     std::vector<float> read_f32(const std::string& name) const;
 
   private:

@@ -106,9 +106,9 @@ int64_t sort_by_rows(int64_t* order, const int64_t* offsets, int64_t E) {
 // experts are spread only if its slowest thread has at most 5% more rows than an even
 // split. Rows stand for time: every expert GEMM is linear in its rows.
 bool spread_pays(const int64_t* order, int64_t n, const int64_t* offsets, int threads) {
-    if (threads <= 1 || n < 2 * threads) return false;
+    // The bound first: 2 * threads overflows an int for a thread count near 2^30.
     constexpr int kMaxThreads = 256;
-    if (threads > kMaxThreads) return false;
+    if (threads <= 1 || threads > kMaxThreads || n < 2 * int64_t(threads)) return false;
     int64_t load[kMaxThreads] = {};
     int64_t total = 0;
     for (int64_t i = 0; i < n; ++i) {

@@ -101,6 +101,7 @@ std::map<std::string, std::string> load_checkpoint(const std::string& path,
                 MOE_FAIL(path, ": tensor '", name, "' is ", dtype_name(info.dtype),
                          info.shape.str(), " in the checkpoint but ", dtype_name(e.dtype),
                          want.str(), " in the model");
+            file.check_finite(name);  // a NaN loaded silently poisons every later step
             claimed.insert(name);
         }
     }

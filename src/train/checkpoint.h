@@ -49,7 +49,8 @@ void save_checkpoint(const std::string& path, const std::vector<CheckpointGroup>
 // Errors name the file and the tensor: a tensor that is missing or has another shape or
 // dtype, and every unexpected tensor, i.e. one whose name starts with a group's prefix
 // without being an entry of that group's arena (with prefix "" every unclaimed tensor is
-// unexpected). Tensors whose name starts with one of `ignore_prefixes` are skipped, e.g.
+// unexpected), and a tensor holding NaN or infinity. Tensors whose name starts with one of
+// `ignore_prefixes` are skipped, e.g.
 // {"optim."} to load only the parameters of a training checkpoint. The file is checked
 // completely before any arena is written, so a failed load leaves the arenas unchanged.
 // Sharded entries (see RowShard) read only their rows of the file's tensor; every rank

@@ -11,6 +11,7 @@
 #include <fstream>
 #include <memory>
 
+#include "core/parse_number.h"
 #include "core/stop_signals.h"
 #include "core/threads.h"
 #include "core/timer.h"
@@ -19,6 +20,7 @@
 #include "data/window_sampler.h"
 #include "io/safetensors.h"
 #include "kernels/grouped_reduce.h"
+#include "models/lm_memory.h"
 #include "nn/loss.h"
 #include "train/adamw.h"
 #include "train/checkpoint.h"
@@ -84,8 +86,9 @@ std::string checkpoint_path(const std::string& out_dir) {
     return out_dir + "/checkpoint.safetensors";
 }
 
-TrainResult train_lm(const LmTrainConfig& cfg, bool resume, const TrainHooks& hooks,
+TrainResult train_lm(const LmTrainConfig& cfg, StartMode mode, const TrainHooks& hooks,
                      dist::Comm* comm) {
+    const bool resume = mode == StartMode::resume;
     const TrainOptions& opt = cfg.train;
     // Ctrl-C / SIGTERM stop the loop between steps (see core/stop_signals.h for why no
     // handler runs on the compute threads). From the start: a signal during set-up (corpus,
@@ -95,14 +98,23 @@ TrainResult train_lm(const LmTrainConfig& cfg, bool resume, const TrainHooks& ho
     if (!comm) single = dist::make_single_process_comm();
     dist::Comm& group = comm ? *comm : *single;
     const int64_t ranks = group.size(), rank = group.rank();
-    set_num_threads(int(opt.threads > 0 || ranks == 1 ? opt.threads : default_rank_threads()));
+    set_num_threads(opt.threads > 0 || ranks == 1 ? opt.threads : default_rank_threads());
     const bool root = rank == 0;  // prints and writes files
     MOE_REQUIRE(opt.batch_size % ranks == 0, "train.batch_size = ", opt.batch_size,
                 " is not divisible by the ", ranks,
                 " ranks: every rank takes the same share of each batch");
-    if (root) std::filesystem::create_directories(cfg.out_dir);
+    // Before anything is written, the data read, or anything sized by the config allocated.
+    models::require_lm_memory(cfg.model, opt.batch_size / ranks, /*training=*/true);
     const std::string ckpt = checkpoint_path(cfg.out_dir);
-    MOE_REQUIRE(!resume || std::filesystem::exists(ckpt), ckpt, ": no checkpoint to resume from");
+    // The run directory is this run's alone from here to the end (rank 0 writes it).
+    std::unique_ptr<RunDirLock> dir_lock;
+    if (root) {
+        dir_lock = std::make_unique<RunDirLock>(cfg.out_dir);
+        prepare_run_dir(cfg.out_dir, ckpt, mode);
+    } else {
+        MOE_REQUIRE(!resume || std::filesystem::exists(ckpt), ckpt,
+                    ": no checkpoint to resume from (every rank must see the run directory)");
+    }
 
     // Data and tokenizer. A resumed run takes the tokenizer saved with the checkpoint, so it
     // reads exactly the tokens the interrupted run did.
@@ -191,18 +203,26 @@ TrainResult train_lm(const LmTrainConfig& cfg, bool resume, const TrainHooks& ho
             shards);
         auto it = meta.find("step");
         MOE_REQUIRE(it != meta.end(), ckpt, ": checkpoint metadata has no 'step'");
-        step = std::stoll(it->second);
+        step = parse_int64(it->second, ckpt + ": metadata 'step'", 0);
         optim.set_steps(step);
         if (root) std::printf("resumed from %s at step %ld\n", ckpt.c_str(), long(step));
     }
+    // Everything a save writes but the step, encoded now: a value that cannot be stored
+    // (text that is not UTF-8) fails here, before training, not after the last step.
+    std::map<std::string, std::string> save_meta;
+    try {
+        save_meta = {{"format", "moe.cpp/lm"},
+                     {"format_version", std::to_string(kFormatVersion)},
+                     {"config", to_json(cfg).dump()},
+                     {"tokenizer", tokenizer.to_json()},
+                     {"domains", nlohmann::json(ds.domains).dump()}};
+    } catch (const nlohmann::json::exception& e) {
+        MOE_FAIL(cfg.out_dir,
+                 ": the config or the domain names cannot be stored in a checkpoint: ", e.what());
+    }
     auto save = [&](int64_t at_step) {
-        const std::map<std::string, std::string> meta = {
-            {"format", "moe.cpp/lm"},
-            {"format_version", std::to_string(kFormatVersion)},
-            {"config", to_json(cfg).dump()},
-            {"tokenizer", tokenizer.to_json()},
-            {"domains", nlohmann::json(ds.domains).dump()},
-            {"step", std::to_string(at_step)}};
+        std::map<std::string, std::string> meta = save_meta;
+        meta["step"] = std::to_string(at_step);
         save_checkpoint(ckpt, groups, meta, shards, &group);
     };
 

@@ -15,6 +15,7 @@
 #include "dist/comm.h"
 #include "models/transformer_lm.h"
 #include "train/lm_train_config.h"
+#include "train/run_dir.h"
 
 namespace moe::train {
 
@@ -34,12 +35,16 @@ struct TrainHooks {
     std::function<bool(int64_t step, double loss)> after_step;
 };
 
+// mode: what to do with a checkpoint already in cfg.out_dir (train/run_dir.h): a fresh
+// start refuses one, resume continues it, overwrite replaces it. The out_dir is locked for
+// the run; a second run on it fails with the first one's pid. Memory for the model and the
+// data is checked before either is allocated.
 // comm (optional): train over its ranks (mpirun). The global batch train.batch_size is split
 // evenly (an error if it does not divide), each rank reads its share of every batch, MoE
 // layers spread their experts over the ranks (moe.n_experts must divide too), replicated
 // gradients are summed over the ranks, and rank 0 alone prints and writes files. The
 // losses equal a single process's with the same config, up to rounding.
-TrainResult train_lm(const LmTrainConfig& cfg, bool resume, const TrainHooks& hooks = {},
+TrainResult train_lm(const LmTrainConfig& cfg, StartMode mode, const TrainHooks& hooks = {},
                      dist::Comm* comm = nullptr);
 
 // What the MoE layers of a model did in its last forward, averaged over those layers.

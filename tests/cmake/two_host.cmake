@@ -29,7 +29,7 @@ add_test(NAME mpi.two_host_train
                  --expect-bytes 20000000 -- $<TARGET_FILE:moe_cli> train
                  ${PROJECT_SOURCE_DIR}/recipes/lm/moe_fortunes.json
                  --set train.steps=5 --set train.log_every=1 --set train.eval_every=0
-                 --set train.threads=1 --set train.tensorboard=false
+                 --set train.threads=1 --set train.tensorboard=false --overwrite
                  --set "out_dir=\"${CMAKE_BINARY_DIR}/two_host_train\"")
 set_tests_properties(mpi.two_host_train PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 300 RUN_SERIAL TRUE)
 if(MPIEXEC_EXECUTABLE)

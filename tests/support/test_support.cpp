@@ -33,8 +33,7 @@ template <class A, class B>
 }
 
 template ::testing::AssertionResult all_close<float, float>(std::span<const float>,
-                                                            std::span<const float>, double,
-                                                            double);
+                                                            std::span<const float>, double, double);
 template ::testing::AssertionResult all_close<double, double>(std::span<const double>,
                                                               std::span<const double>, double,
                                                               double);
@@ -84,10 +83,18 @@ std::string env_or(const char* name, const char* fallback) {
 }
 }  // namespace
 
-std::string fixture_dir() { return env_or("MOE_FIXTURES", MOE_FIXTURE_DIR); }
-std::string python() { return env_or("MOE_PYTHON", MOE_PYTHON_PATH); }
-std::string bin_dir() { return env_or("MOE_BIN", MOE_BIN_DIR); }
-std::string source_dir() { return env_or("MOE_SOURCE", MOE_SOURCE_DIR); }
+std::string fixture_dir() {
+    return env_or("MOE_FIXTURES", MOE_FIXTURE_DIR);
+}
+std::string python() {
+    return env_or("MOE_PYTHON", MOE_PYTHON_PATH);
+}
+std::string bin_dir() {
+    return env_or("MOE_BIN", MOE_BIN_DIR);
+}
+std::string source_dir() {
+    return env_or("MOE_SOURCE", MOE_SOURCE_DIR);
+}
 
 Fixture::Fixture(const std::string& name) {
     const std::string path = fixture_dir() + "/" + name + ".safetensors";
@@ -97,7 +104,8 @@ Fixture::Fixture(const std::string& name) {
 std::vector<double> Fixture::get(const std::string& tensor) const {
     const auto& info = file_->info(tensor);
     std::vector<double> out(size_t(info.shape.numel()));
-    file_->read(tensor, info.shape, out.data());
+    // Fixtures hold -inf on purpose (masked logits).
+    file_->read(tensor, info.shape, out.data(), io::SafetensorsFile::NonFinite::allow);
     return out;
 }
 
@@ -120,7 +128,11 @@ std::vector<int64_t> Fixture::get_int(const std::string& tensor) const {
     return out;
 }
 
-std::vector<float> to_f32(const std::vector<double>& v) { return {v.begin(), v.end()}; }
-std::vector<double> to_f64(const std::vector<float>& v) { return {v.begin(), v.end()}; }
+std::vector<float> to_f32(const std::vector<double>& v) {
+    return {v.begin(), v.end()};
+}
+std::vector<double> to_f64(const std::vector<float>& v) {
+    return {v.begin(), v.end()};
+}
 
 }  // namespace moe::test

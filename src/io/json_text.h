@@ -1,0 +1,44 @@
+// JSON read from users and files: parsed with a nesting limit, shown in errors as an
+// excerpt.
+//
+// nlohmann::json's parser keeps its own stack, but dump(), our walks over a document and
+// its destructor in older releases recurse once per level: an input of 100,000 nested '['
+// (200 KB) overflows the 8 MB stack. No file we read needs more than a few levels (a
+// config has 3, a safetensors header 3), so anything deeper than kMaxJsonDepth is refused
+// before parsing, with the byte offset where the limit was crossed.
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <string>
+#include <string_view>
+
+namespace moe::io {
+
+constexpr int kMaxJsonDepth = 32;
+
+// Throws moe::Error "SOURCE: JSON nested deeper than 32 levels at byte N" when an array or
+// object opens below kMaxJsonDepth levels. Brackets inside strings do not count.
+void check_json_depth(std::string_view text, const std::string& source);
+
+// Parses `text` (after check_json_depth) with or without comments; errors name `source`.
+nlohmann::json parse_json(std::string_view text, const std::string& source,
+                          bool allow_comments = false);
+
+// A value for an error message: compact JSON, at most `max_chars`, "..." when cut; bytes
+// that are not valid UTF-8 are replaced rather than thrown over.
+template <class Json>
+std::string json_excerpt(const Json& v, size_t max_chars = 60) {
+    std::string s = v.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    if (s.size() > max_chars) s = s.substr(0, max_chars) + "...";
+    return s;
+}
+
+// True when `s` is valid UTF-8 (what JSON text, and so safetensors metadata, must be).
+bool is_valid_utf8(std::string_view s);
+
+// `s` with every byte that is not part of valid UTF-8 written as the four characters \xNN,
+// so that any file name can be stored in JSON and shown (it is for display: the original
+// bytes are not recovered from it).
+std::string escape_invalid_utf8(std::string_view s);
+
+}  // namespace moe::io
