@@ -13,8 +13,9 @@
 # 2. clones the committed HEAD of this repository into /root/moe.cpp in that root (what is
 #    tested is exactly what is committed; uncommitted changes are not);
 # 3. runs COMMAND there (default: make test) with bash, as root, in a chroot with /proc,
-#    /sys and /dev mounted, and a clean environment (HOME=/root, standard PATH, LANG=C.UTF-8,
-#    any http(s)_proxy/no_proxy of the caller).
+#    /sys and /dev mounted (and the root bind-mounted onto itself, so that it is a mount
+#    point as / is on a real machine), and a clean environment (HOME=/root, standard PATH,
+#    LANG=C.UTF-8, any http(s)_proxy/no_proxy of the caller).
 # Afterwards (also on failure, Ctrl-C or SIGTERM) it stops what still runs in the root,
 # unmounts everything under it and removes it. A root left behind by a run that was killed
 # with SIGKILL is removed by the next run.
@@ -270,6 +271,11 @@ stage "cloning $repo at ${head:0:12} into /root/moe.cpp"
 stage_done "cloning" "commit $(git -C "$root/root/moe.cpp" rev-parse --short HEAD) checked out"
 
 # ---- 3. the command --------------------------------------------------------------------
+# The root a mount point of its own, as / is on a real machine (`ip netns exec`, used by the
+# two-host MPI tests, does `mount --make-rslave /`, which fails on a plain directory);
+# private, so nothing mounted under it shows up elsewhere.
+{ mount --bind "$root" "$root" && mount --make-private "$root"; } ||
+    cannot "bind-mounting the root onto itself failed"
 for d in proc sys dev; do
     mount --rbind "/$d" "$root/$d" || cannot "bind-mounting /$d into the root failed"
     # Slave: unmounting the root's copies later must not propagate to this machine's own.
