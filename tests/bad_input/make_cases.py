@@ -1,0 +1,286 @@
+#!/usr/bin/env python3
+"""Writes the hostile inputs of the bad-input suite (tests/bad_input/run_cases.py).
+
+    make_cases.py --moe build/moe --out build/bad_input
+
+Wipes OUT, then writes into it:
+  corpus/            three small text files (60 paragraphs), the tiny run's training text
+  good/config.json   the tiny run's config (a 4-expert MoE, BPE vocabulary 300, 5 steps)
+  good/run/          the tiny run, trained once here with the real `moe train` (~2 s)
+  cases/             every hostile file: deeply nested JSON (configs, safetensors headers),
+                     FIFOs, a sparse 8 GB data file, copies of the good checkpoint with
+                     tampered metadata or a NaN / Inf weight, a header of 200,000 tensors,
+                     a data directory holding a file name that is not UTF-8, ...
+  manifest.json      the good checkpoint's sha256 and step, for the runner to check
+
+Only the Python standard library is used (safetensors files are read and written by hand:
+8-byte little-endian header length, JSON header, data), so the suite runs with any python3.
+"""
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import struct
+import subprocess
+import sys
+
+DEEP = 100_000  # nesting levels of the "stack-overflow" JSON inputs (200 KB of brackets)
+SPARSE_BYTES = 8 * 1000**3  # the sparse data file: 8 GB, never written (truncate only)
+MANY_TENSORS = 200_000  # empty tensors in one header (took 31 s to parse before the fix)
+
+
+def deep_json(levels=DEEP):
+    return "[" * levels + "]" * levels
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# --- safetensors by hand ---------------------------------------------------------------
+
+
+def read_safetensors(path):
+    """(header dict with '__metadata__', data bytes)."""
+    with open(path, "rb") as f:
+        blob = f.read()
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8 : 8 + n].decode("utf-8"))
+    return header, blob[8 + n :]
+
+
+def write_raw(path, header_text, data=b""):
+    """A safetensors file whose header is `header_text` verbatim (padded to 8 bytes)."""
+    raw = header_text.encode("utf-8")
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        f.write(data)
+
+
+def write_safetensors(path, header, data):
+    write_raw(path, json.dumps(header, separators=(",", ":")), data)
+
+
+def with_metadata(header, **changes):
+    h = json.loads(json.dumps(header))
+    h["__metadata__"].update(changes)
+    return h
+
+
+def with_config(header, section, key, value):
+    h = json.loads(json.dumps(header))
+    cfg = json.loads(h["__metadata__"]["config"])
+    cfg[section][key] = value
+    h["__metadata__"]["config"] = json.dumps(cfg)
+    return h
+
+
+def with_value(header, data, tensor, value):
+    """`data` with element 0 of F32 tensor `tensor` set to `value` (NaN, Inf)."""
+    info = header[tensor]
+    assert info["dtype"] == "F32", info
+    begin = info["data_offsets"][0]
+    out = bytearray(data)
+    out[begin : begin + 4] = struct.pack("<f", value)
+    return bytes(out)
+
+
+# --- the tiny run ------------------------------------------------------------------------
+
+WORDS = {
+    "alpha.txt": "river stone mountain valley forest rain cloud wind snow meadow hill lake "
+    "tree leaf root branch bird nest spring summer winter autumn".split(),
+    "beta.txt": "engine wheel gear lever piston valve steam boiler rail track signal "
+    "station copper iron bolt spring cable pulley crank shaft".split(),
+    "gamma.txt": "bread butter cheese apple pear honey salt pepper soup kettle oven "
+    "table spoon plate cup knife garden onion garlic herb".split(),
+}
+
+
+def write_corpus(directory, paragraphs=20):
+    os.makedirs(directory, exist_ok=True)
+    rng = random.Random(7)
+    for name, words in WORDS.items():
+        paras = []
+        for _ in range(paragraphs):
+            sentences = []
+            for _ in range(rng.randint(2, 4)):
+                s = " ".join(rng.choice(words) for _ in range(rng.randint(5, 10)))
+                sentences.append(s.capitalize() + ".")
+            paras.append(" ".join(sentences))
+        with open(os.path.join(directory, name), "w") as f:
+            f.write("\n\n".join(paras) + "\n")
+
+
+def tiny_config(corpus, out_dir, steps=5):
+    return {
+        "model": {"vocab_size": 300, "d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 32,
+                  "seq_len": 16, "ffn": "moe"},
+        "moe": {"n_experts": 4, "top_k": 2, "d_expert": 16},
+        "train": {"steps": steps, "batch_size": 2, "log_every": 1, "eval_every": 0,
+                  "eval_windows": 2, "tensorboard": False, "threads": 1},
+        "data": {"path": corpus},
+        "out_dir": out_dir,
+    }
+
+
+def write_json(path, obj):
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=1)
+
+
+def train(moe, config, timeout):
+    r = subprocess.run([moe, "train", config], capture_output=True, text=True, timeout=timeout)
+    if r.returncode != 0:
+        sys.exit(f"make_cases: training the tiny run failed ({r.returncode}):\n{r.stdout}{r.stderr}")
+
+
+# --- the cases --------------------------------------------------------------------------
+
+
+def make_cases(out, moe, timeout):
+    cases = os.path.join(out, "cases")
+    os.makedirs(cases)
+    C = lambda *p: os.path.join(cases, *p)  # noqa: E731
+
+    # The good run, trained once by the real command.
+    corpus = os.path.join(out, "corpus")
+    write_corpus(corpus)
+    good_dir = os.path.join(out, "good")
+    run = os.path.join(good_dir, "run")
+    os.makedirs(good_dir)
+    good_config = os.path.join(good_dir, "config.json")
+    write_json(good_config, tiny_config(corpus, run))
+    train(moe, good_config, timeout)
+    ckpt = os.path.join(run, "checkpoint.safetensors")
+    header, data = read_safetensors(ckpt)
+    meta = header["__metadata__"]
+    assert meta["format"] == "moe.cpp/lm" and "layers.0.attn.wq" in header, sorted(header)
+
+    # (1) JSON nested 100,000 levels: safetensors headers, a config file, checkpoint metadata.
+    t = {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}
+    deep = deep_json()
+    write_raw(C("deep_in_metadata.safetensors"),
+              '{"__metadata__":{"format":"x","k":%s},"t":%s}' % (deep, json.dumps(t)), b"\0" * 4)
+    for field in ("dtype", "shape", "data_offsets"):
+        entry = dict(t)
+        entry[field] = "@DEEP@"
+        text = json.dumps({"t": entry}).replace('"@DEEP@"', deep)
+        write_raw(C(f"deep_in_{field}.safetensors"), text, b"\0" * 4)
+    # A whole header that is one deep array (not even an object).
+    write_raw(C("deep_header.safetensors"), deep)
+    os.makedirs(C("deep_header_run"))
+    shutil.copy(C("deep_in_metadata.safetensors"), C("deep_header_run", "checkpoint.safetensors"))
+    with open(C("deep_config.json"), "w") as f:
+        f.write('{"model": {"d_model": %s}, "out_dir": %s}' % (deep, json.dumps(C("never_run"))))
+    with open(C("deep_section_config.json"), "w") as f:
+        f.write('{"train": %s}' % ("{\"a\":" * DEEP + "1" + "}" * DEEP))
+    # The good checkpoint with a deep text in a metadata value (valid header, deep payload).
+    for key in ("tokenizer", "config", "domains"):
+        write_safetensors(C(f"deep_meta_{key}.safetensors"), with_metadata(header, **{key: deep}), data)
+
+    # (2) FIFOs where files are expected.
+    os.mkfifo(C("fifo.safetensors"))
+    os.mkfifo(C("fifo_config.json"))
+    os.mkfifo(C("fifo_data.txt"))
+    os.makedirs(C("fifo_run"))
+    os.mkfifo(C("fifo_run", "checkpoint.safetensors"))
+    os.makedirs(C("fifo_in_data_dir"))
+    os.mkfifo(C("fifo_in_data_dir", "z_fifo.txt"))  # a directory's FIFO is skipped or refused
+    shutil.copy(os.path.join(corpus, "alpha.txt"), C("fifo_in_data_dir", "a.txt"))
+
+    # (3) Memory: metadata claiming a huge model over the tiny tensors; a sparse 8 GB file.
+    write_safetensors(C("d_model_4096.safetensors"), with_config(header, "model", "d_model", 4096), data)
+    write_safetensors(C("n_experts_1e6.safetensors"),
+                      with_config(header, "moe", "n_experts", 1_000_000), data)
+    write_safetensors(C("n_layers_1e9.safetensors"),
+                      with_config(header, "model", "n_layers", 1_000_000_000), data)
+    # seq_len is in no tensor's shape: only the memory check stands between it and the
+    # allocation of activations (and a KV cache) for 10^12 positions.
+    write_safetensors(C("seq_len_1e12.safetensors"),
+                      with_config(header, "model", "seq_len", 1_000_000_000_000), data)
+    os.makedirs(C("sparse"))
+    with open(C("sparse", "huge.txt"), "wb") as f:
+        f.truncate(SPARSE_BYTES)
+
+    # (4) One non-finite weight.
+    write_safetensors(C("nan.safetensors"), header, with_value(header, data, "layers.0.attn.wq", math.nan))
+    write_safetensors(C("inf.safetensors"), header, with_value(header, data, "layers.0.attn.wq", math.inf))
+    write_safetensors(C("neg_inf_emb.safetensors"), header,
+                      with_value(header, data, "tok_emb", -math.inf))
+
+    # (5) Dotted keys in a config file.
+    cfg = tiny_config(corpus, C("never_run"))
+    cfg["train.steps"] = 5
+    write_json(C("dotted_top.json"), cfg)
+    cfg = tiny_config(corpus, C("never_run"))
+    cfg["train"]["lr.max"] = 0.1
+    write_json(C("dotted_nested.json"), cfg)
+
+    # (6) The step in the metadata.
+    for name, step in (("abc", "abc"), ("20digits", "9" * 20), ("12abc", "12abc"), ("neg5", "-5"),
+                       ("space7", " 7"), ("empty", "")):
+        write_safetensors(C(f"step_{name}.safetensors"), with_metadata(header, step=step), data)
+
+    # (7) A data directory holding a file whose name is not valid UTF-8.
+    d = os.fsencode(C("non_utf8_data"))
+    os.makedirs(d)
+    shutil.copy(os.path.join(corpus, "alpha.txt"), os.path.join(d, b"alpha.txt"))
+    shutil.copy(os.path.join(corpus, "beta.txt"), os.path.join(d, b"b\xff\xfeta-\xc3(.txt"))
+    # A directory whose own name is not UTF-8 (a --set value must be valid UTF-8).
+    d = os.path.join(os.fsencode(cases), b"dir_\xff")
+    os.makedirs(d)
+    shutil.copy(os.path.join(corpus, "alpha.txt"), os.path.join(d, b"a.txt"))
+
+    # (9) A corpus of 3 records per file: no validation record for most fractions.
+    os.makedirs(C("few_records"))
+    for i in range(2):
+        with open(C("few_records", f"f{i}.txt"), "w") as f:
+            f.write("one two three.\n\nfour five six.\n\nseven eight nine.\n")
+
+    # (10) 200,000 empty tensors, and the same behind a run directory.
+    parts = ['"__metadata__":{"format":"many"}']
+    parts += ['"t%d":{"dtype":"F32","shape":[0],"data_offsets":[0,0]}' % i
+              for i in range(MANY_TENSORS)]
+    write_raw(C("many_tensors.safetensors"), "{" + ",".join(parts) + "}")
+    # The same count with one name given twice at the end: the whole header must be read.
+    write_raw(C("many_tensors_dup.safetensors"), "{" + ",".join(parts + [parts[1]]) + "}")
+    write_raw(C("many_tensors_2000.safetensors"), "{" + ",".join(parts[:2001]) + "}")
+
+    # Metadata that is not moe.cpp's at all, and a header that lies about its length.
+    write_safetensors(C("no_format.safetensors"), {"t": t}, b"\0" * 4)
+    with open(C("header_len_huge.safetensors"), "wb") as f:
+        f.write(struct.pack("<Q", 2**64 - 1) + b"{}")
+
+    sums = {name: sha256(os.path.join(run, name)) for name in ("checkpoint.safetensors", "metrics.jsonl")}
+    with open(os.path.join(out, "manifest.json"), "w") as f:
+        json.dump({"good_run": run, "good_config": good_config, "corpus": corpus,
+                   "step": int(meta["step"]), "seq_len": 16, "sha256": sums}, f, indent=1)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--moe", required=True, help="the moe binary")
+    ap.add_argument("--out", required=True, help="directory to (re)create")
+    ap.add_argument("--timeout", type=float, default=120, help="seconds for the tiny run")
+    args = ap.parse_args()
+    out = os.path.abspath(args.out)
+    if os.path.isdir(out):
+        shutil.rmtree(out)
+    os.makedirs(out)
+    make_cases(out, os.path.abspath(args.moe), args.timeout)
+    print(f"make_cases: wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
