@@ -1,11 +1,13 @@
 // The `moe` command: dispatches to one subcommand per file.
 #include <cstdio>
 #include <cstring>
+#include <new>
 #include <string>
 
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "core/check.h"
+#include "core/memory_budget.h"
 #include "core/stop_signals.h"
 
 namespace {
@@ -45,6 +47,11 @@ int main(int argc, char** argv) {
         return 2;
     } catch (const moe::Error& e) {
         std::fprintf(stderr, "moe %s: error: %s\n", cmd.c_str(), e.what());
+        return 1;
+    } catch (const std::bad_alloc&) {
+        // Sizes from users are checked before allocating; this is what slipped through.
+        std::fprintf(stderr, "moe %s: error: out of memory (%s available)\n", cmd.c_str(),
+                     moe::format_bytes(moe::available_memory_bytes()).c_str());
         return 1;
     } catch (const std::exception& e) {
         std::fprintf(stderr, "moe %s: error: %s\n", cmd.c_str(), e.what());

@@ -3,6 +3,7 @@
 // with errors that name the file and the tensor, and leave the arenas untouched.
 #include <unistd.h>
 
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 
@@ -126,6 +127,34 @@ TEST_F(Checkpoint, MissingTensorNamesFileAndTensorAndLeavesArenasUnchanged) {
         {path_, "no tensor 'optim.m.embed'", "f32[7, 4]"}));
     // Checked before copying: the parameters that were present were not loaded.
     EXPECT_TRUE(same_bytes(params2, before));
+}
+
+// A checkpoint written by a run that diverged (or damaged on disk) must not load: one NaN
+// weight makes every later loss NaN, and a resumed run would save it again.
+TEST_F(Checkpoint, NonFiniteWeightIsRejectedByNameAndLeavesArenasUnchanged) {
+    for (const float bad : {std::nanf(""), INFINITY, -INFINITY}) {
+        Arena params = make_params();
+        fill(params, 6);
+        for (size_t i = 0; i < params.entries().size(); ++i) {  // finite random values
+            Tensor t = params.get(int(i));
+            if (t.dtype != DType::f32) continue;
+            for (int64_t k = 0; k < t.numel(); ++k) t.ptr<float>()[k] = float(k) * 0.25f - 1;
+        }
+        params.get("layers.0.attn.wq").ptr<float>()[5] = bad;
+        save_checkpoint(path_, {{"", &params}});
+
+        Arena params2 = make_params();
+        fill(params2, 7);
+        Arena before = params2.clone_layout();
+        std::memcpy(before.get(0).data, params2.get(0).data, params2.bytes());
+        EXPECT_TRUE(test::throws_error_with(
+            [&] {
+                load_checkpoint(path_, {{"", &params2}});
+            },
+            {path_, "'layers.0.attn.wq'", "element 5"}))
+            << bad;
+        EXPECT_TRUE(same_bytes(params2, before));
+    }
 }
 
 TEST_F(Checkpoint, WrongShapeNamesTensorAndBothShapes) {

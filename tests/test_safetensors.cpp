@@ -4,6 +4,7 @@
 // tests/cmake/asan.cmake) and interoperability with Python's safetensors package.
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -264,6 +265,91 @@ TEST_F(Safetensors, MalformedJson) {
     const std::string path = file("json.safetensors");
     write_all(path, raw_file(R"({"w": {"dtype": "F32", "shape": [)", 0));
     EXPECT_TRUE(open_fails_with(path, {path, "malformed JSON header"}));
+}
+
+// A header of 100,000 nested arrays (200 KB) overflowed the stack in the recursive parts
+// of a JSON library (dump, destruction); it must be an error, in every field it can hide in.
+TEST_F(Safetensors, DeeplyNestedHeaderIsAnErrorNotAStackOverflow) {
+    const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+    const std::vector<std::string> headers = {
+        R"({"__metadata__": {"a": )" + deep + "}}",
+        R"({"w": {"dtype": )" + deep + R"(, "shape": [1], "data_offsets": [0, 4]}})",
+        R"({"w": {"dtype": "F32", "shape": )" + deep + R"(, "data_offsets": [0, 4]}})",
+        R"({"w": {"dtype": "F32", "shape": [1], "data_offsets": )" + deep + "}}"};
+    for (size_t i = 0; i < headers.size(); ++i) {
+        const std::string path = file("deep" + std::to_string(i) + ".safetensors");
+        write_all(path, raw_file(headers[i], 4));
+        EXPECT_TRUE(open_fails_with(path, {path, "nested deeper than 32 levels"})) << i;
+    }
+}
+
+TEST_F(Safetensors, FifoIsRefusedWithoutBlocking) {
+    const std::string path = file("fifo.safetensors");
+    ASSERT_EQ(::mkfifo(path.c_str(), 0600), 0);
+    // A regression blocks here; ctest's timeout then names this test.
+    EXPECT_TRUE(open_fails_with(path, {path, "must be a regular file", "a FIFO"}));
+}
+
+// A nested value in an error message is quoted as a short excerpt, not dumped whole.
+TEST_F(Safetensors, ErrorsQuoteShortExcerptsOfBadValues) {
+    const std::string path = file("long.safetensors");
+    std::string shape = "[";
+    for (int i = 0; i < 100000; ++i) shape += "\"x\",";
+    shape += "\"x\"]";
+    write_all(path, raw_file(R"({"w": {"dtype": "F32", "shape": [)" + shape +
+                                 R"(], "data_offsets": [0, 4]}})",
+                             4));
+    const std::string msg = test::error_of([&] { io::SafetensorsFile f(path); });
+    EXPECT_NE(msg.find(path), std::string::npos) << msg.substr(0, 300);
+    EXPECT_LT(msg.size(), 400u) << msg.substr(0, 400);
+}
+
+// 200,000 tensors took 31 s with an insertion-ordered JSON map (a linear search per key);
+// with a sorted map and the order recorded by the parser it is well under a second. The
+// order of zero-size tensors (all at offset 0) must still be the header's.
+TEST_F(Safetensors, HeaderOfTwoHundredThousandTensorsKeepsHeaderOrder) {
+    const int n = 200000;
+    std::string header = "{";
+    for (int i = 0; i < n; ++i) {
+        // Names in descending order, so a sorted map would reverse them.
+        header += (i ? ",\"t" : "\"t") + std::to_string(n - i) +
+                  R"(": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]})";
+    }
+    header += "}";
+    const std::string path = file("many.safetensors");
+    write_all(path, raw_file(header, 0));
+    io::SafetensorsFile f(path);
+    const auto names = f.names();
+    ASSERT_EQ(names.size(), size_t(n));
+    EXPECT_EQ(names.front(), "t" + std::to_string(n));
+    EXPECT_EQ(names[1], "t" + std::to_string(n - 1));
+    EXPECT_EQ(names.back(), "t1");
+}
+
+TEST_F(Safetensors, NonFiniteValuesAreNamedByTensorAndElement) {
+    const float nan = std::nanf(""), inf = INFINITY;
+    std::vector<float> good = {1, 2, 3}, with_nan = {1, nan, 3}, with_inf = {1, 2, -inf};
+    std::vector<double> d_inf = {inf};
+    std::vector<uint16_t> bf_nan = {0x3f80, 0x7fc0};  // 1.0, NaN
+    const std::string path = file("nan.safetensors");
+    io::save_safetensors(path, {{"good", Tensor(good.data(), {3}, DType::f32)},
+                                {"layers.0.attn.wq", Tensor(with_nan.data(), {3}, DType::f32)},
+                                {"neg", Tensor(with_inf.data(), {3}, DType::f32)},
+                                {"d", Tensor(d_inf.data(), {1}, DType::f64)},
+                                {"b", Tensor(bf_nan.data(), {2}, DType::bf16)}});
+    io::SafetensorsFile f(path);
+    EXPECT_NO_THROW(f.check_finite("good"));
+    EXPECT_TRUE(test::throws_error_with([&] { f.check_finite("layers.0.attn.wq"); },
+                                        {path, "'layers.0.attn.wq'", "nan", "element 1"}));
+    EXPECT_TRUE(
+        test::throws_error_with([&] { f.check_finite("neg"); }, {"'neg'", "-inf", "element 2"}));
+    EXPECT_TRUE(test::throws_error_with([&] { f.check_finite("d"); }, {"'d'", "inf", "element 0"}));
+    EXPECT_TRUE(test::throws_error_with([&] { f.check_finite("b"); }, {"'b'", "nan", "element 1"}));
+    std::vector<float> dst(3);
+    EXPECT_TRUE(test::throws_error_with([&] { f.read("neg", {3}, dst.data()); }, {"'neg'"}));
+    // Tools and fixtures may ask for the values as stored.
+    f.read("neg", {3}, dst.data(), io::SafetensorsFile::NonFinite::allow);
+    EXPECT_EQ(dst[2], -inf);
 }
 
 TEST_F(Safetensors, JsonThatIsNotAnObject) {

@@ -3,14 +3,20 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "core/memory_budget.h"
+
 namespace moe {
 
 namespace {
 constexpr size_t kAlign = 64;
-size_t round_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+size_t round_up(size_t n) {
+    return (n + kAlign - 1) / kAlign * kAlign;
+}
 }  // namespace
 
-void Arena::FreeDeleter::operator()(void* p) const { std::free(p); }
+void Arena::FreeDeleter::operator()(void* p) const {
+    std::free(p);
+}
 
 int Arena::add(const std::string& name, Shape shape, DType dtype) {
     MOE_CHECK(!allocated(), "arena: cannot add '", name, "' after allocate()");
@@ -26,8 +32,13 @@ int Arena::add(const std::string& name, Shape shape, DType dtype) {
 void Arena::allocate() {
     MOE_CHECK(!allocated(), "arena: allocate() called twice");
     const size_t n = std::max<size_t>(bytes_, kAlign);
+    // Callers check sizes that come from users against the available memory first
+    // (core/memory_budget.h); this is the last line, and says so in the user's terms.
     void* p = std::aligned_alloc(kAlign, n);
-    MOE_CHECK(p != nullptr, "arena: out of memory allocating ", n, " bytes");
+    MOE_REQUIRE(p != nullptr, "out of memory: cannot allocate ", format_bytes(n), " for ",
+                entries_.size(), " tensors (the first '",
+                entries_.empty() ? std::string("-") : entries_[0].name, "'); ",
+                format_bytes(available_memory_bytes()), " available");
     std::memset(p, 0, n);
     block_.reset(p);
 }

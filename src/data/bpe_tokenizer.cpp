@@ -296,25 +296,25 @@ std::string BpeTokenizer::to_json() const {
     return s + "]}";
 }
 
-BpeTokenizer BpeTokenizer::from_json(const std::string& text) {
-    const nlohmann::json j = io::parse_json(text, "tokenizer");
-    MOE_REQUIRE(j.is_object(), "tokenizer: expected a JSON object, got ", j.type_name());
+BpeTokenizer BpeTokenizer::from_json(const std::string& text, const std::string& source) {
+    const nlohmann::json j = io::parse_json(text, source);
+    MOE_REQUIRE(j.is_object(), source, ": expected a JSON object, got ", j.type_name());
     for (const auto& [key, value] : j.items())
-        MOE_REQUIRE(key == "type" || key == "vocab_size" || key == "merges",
-                    "tokenizer: unknown key '", excerpt(key), "'");
+        MOE_REQUIRE(key == "type" || key == "vocab_size" || key == "merges", source,
+                    ": unknown key '", excerpt(key), "'");
     for (const char* key : {"type", "vocab_size", "merges"})
-        MOE_REQUIRE(j.contains(key), "tokenizer: missing key '", key, "'");
-    MOE_REQUIRE(j["type"].is_string() && j["type"].get<std::string>() == "bpe-bytes",
-                "tokenizer: 'type' must be \"bpe-bytes\", got ", io::json_excerpt(j["type"]));
+        MOE_REQUIRE(j.contains(key), source, ": missing key '", key, "'");
+    MOE_REQUIRE(j["type"].is_string() && j["type"].get<std::string>() == "bpe-bytes", source,
+                ": 'type' must be \"bpe-bytes\", got ", io::json_excerpt(j["type"]));
     const nlohmann::json& vs = j["vocab_size"];
-    MOE_REQUIRE(vs.is_number_integer(), "tokenizer: 'vocab_size' must be an integer, got ",
+    MOE_REQUIRE(vs.is_number_integer(), source, ": 'vocab_size' must be an integer, got ",
                 io::json_excerpt(vs));
     const int64_t vocab_size = vs.get<int64_t>();
-    MOE_REQUIRE(vocab_size >= 256, "tokenizer: 'vocab_size' must be >= 256 (the bytes), got ",
+    MOE_REQUIRE(vocab_size >= 256, source, ": 'vocab_size' must be >= 256 (the bytes), got ",
                 vocab_size);
     const nlohmann::json& m = j["merges"];
-    MOE_REQUIRE(m.is_array(), "tokenizer: 'merges' must be an array, got ", m.type_name());
-    MOE_REQUIRE(int64_t(m.size()) == vocab_size - 256, "tokenizer: 'vocab_size' ", vocab_size,
+    MOE_REQUIRE(m.is_array(), source, ": 'merges' must be an array, got ", m.type_name());
+    MOE_REQUIRE(int64_t(m.size()) == vocab_size - 256, source, ": 'vocab_size' ", vocab_size,
                 " needs ", vocab_size - 256, " merges, got ", m.size());
     std::vector<Merge> merges;
     merges.reserve(m.size());
@@ -322,12 +322,11 @@ BpeTokenizer BpeTokenizer::from_json(const std::string& text) {
         const nlohmann::json& p = m[i];
         MOE_REQUIRE(
             p.is_array() && p.size() == 2 && p[0].is_number_integer() && p[1].is_number_integer(),
-            "tokenizer: merge ", i, " must be a pair of integers [a, b], got ",
-            io::json_excerpt(p));
+            source, ": merge ", i, " must be a pair of integers [a, b], got ", io::json_excerpt(p));
         const int64_t a = p[0].get<int64_t>(), b = p[1].get<int64_t>();
         // Out of int32 range is certainly undefined; the constructor checks the rest.
         for (int64_t id : {a, b})
-            MOE_REQUIRE(id >= INT32_MIN && id <= INT32_MAX, "tokenizer merge ", i, " [", a, ", ", b,
+            MOE_REQUIRE(id >= INT32_MIN && id <= INT32_MAX, source, ": merge ", i, " [", a, ", ", b,
                         "] uses id ", id, ", which is not defined before it");
         merges.emplace_back(int32_t(a), int32_t(b));
     }

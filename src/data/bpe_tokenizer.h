@@ -75,7 +75,9 @@ class BpeTokenizer {
     // {"type":"bpe-bytes","vocab_size":N,"merges":[[a,b],...]}: compact, for checkpoint
     // metadata. from_json rejects malformed input with a moe::Error naming the problem.
     std::string to_json() const;
-    static BpeTokenizer from_json(const std::string& json);
+    // `source` names where the text came from in errors (e.g. "runs/x/checkpoint.safetensors:
+    // metadata 'tokenizer'").
+    static BpeTokenizer from_json(const std::string& json, const std::string& source = "tokenizer");
 
   private:
     // Encodes one chunk by merge rank; appends to out.

@@ -94,9 +94,10 @@ TextCorpus TextCorpus::load(const std::string& paths, double val_fraction) {
         total = sat_add(total, size);
     }
     require_memory(sat_mul(total, kMemoryPerTextByte),
-                   "data (" + format_bytes(total) + " of text in " + std::to_string(files.size()) +
-                       " file" + (files.size() > 1 ? "s" : "") + ", about " +
-                       std::to_string(kMemoryPerTextByte) + " bytes of memory per byte of text)");
+                   paths + " (data.path): " + format_bytes(total) + " of text in " +
+                       std::to_string(files.size()) + (files.size() > 1 ? " files" : " file") +
+                       ", read and tokenized at about " + std::to_string(kMemoryPerTextByte) +
+                       " bytes of memory per byte,");
     TextCorpus corpus;
     for (const auto& [name, path] : files) {
         TextDomain d;

@@ -102,7 +102,10 @@ void Config::set(const std::string& assignment) {
     try {
         value = json::parse(text);
     } catch (const json::parse_error&) {
-        value = text;  // a bare word is a string
+        value = text;                     // a bare word is a string
+    } catch (const json::exception& e) {  // valid JSON that cannot be held, e.g. 1e999
+        MOE_FAIL("--set ", excerpt(assignment), ": the value cannot be read (",
+                 excerpt(e.what(), 120), ")");
     }
     check_key_names(value, "--set " + key, key);
     const std::vector<std::string> parts = split_key(key);

@@ -42,6 +42,34 @@ nlohmann::json parse_json(std::string_view text, const std::string& source, bool
     }
 }
 
+std::vector<std::string> top_level_keys(std::string_view text) {
+    std::vector<std::string> keys;
+    int depth = 0;
+    bool expect_key = false;  // at depth 1, after '{' or ','
+    for (size_t i = 0; i < text.size(); ++i) {
+        const char c = text[i];
+        if (c == '"') {
+            size_t end = i + 1;  // the closing quote: the first one not escaped
+            while (end < text.size() && text[end] != '"') end += text[end] == '\\' ? 2 : 1;
+            if (depth == 1 && expect_key) {
+                // Decoding escapes (\u00e9, \") is the parser's job; a key is short.
+                keys.push_back(
+                    nlohmann::json::parse(text.substr(i, end + 1 - i)).get<std::string>());
+                expect_key = false;
+            }
+            i = end;
+        } else if (c == '{' || c == '[') {
+            ++depth;
+            expect_key = depth == 1 && c == '{';
+        } else if (c == '}' || c == ']') {
+            --depth;
+        } else if (c == ',' && depth == 1) {
+            expect_key = true;
+        }
+    }
+    return keys;
+}
+
 bool is_valid_utf8(std::string_view s) {
     return escape_invalid_utf8(s).size() == s.size();
 }

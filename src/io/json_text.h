@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace moe::io {
 
@@ -23,6 +24,12 @@ void check_json_depth(std::string_view text, const std::string& source);
 // Parses `text` (after check_json_depth) with or without comments; errors name `source`.
 nlohmann::json parse_json(std::string_view text, const std::string& source,
                           bool allow_comments = false);
+
+// The keys of the top-level object of `text`, which must be valid JSON (parse it first), in
+// the order written, repeats included. A parsed nlohmann::json keeps neither order nor
+// repeats, and its ordered variant and its parser callback both cost O(n) per key: a
+// header of 200,000 tensors took 31 s. This is one linear scan.
+std::vector<std::string> top_level_keys(std::string_view text);
 
 // A value for an error message: compact JSON, at most `max_chars`, "..." when cut; bytes
 // that are not valid UTF-8 are replaced rather than thrown over.

@@ -18,15 +18,18 @@ LmMemory estimate_lm_memory(const LmConfig& cfg, int64_t max_batch, bool trainin
     const int64_t moe_layers = cfg.ffn == "moe" ? L - cfg.dense_layers : 0;
     const int64_t dense_layers = L - moe_layers;
 
-    // Parameters: embeddings and head, attention and norms, then the feed-forward blocks.
-    uint64_t p = sat_product({V, C, cfg.tie_embeddings ? 1 : 2});
+    // Parameters: embeddings, head and final norm, attention and norms, then the
+    // feed-forward blocks. Exact for the gate routers; routers with extra parameters (noise
+    // weights, selection biases) add a few more.
+    uint64_t p =
+        sat_add(sat_product({V, C, cfg.tie_embeddings ? 1 : 2}), uint64_t(std::max<int64_t>(C, 0)));
     p = sat_add(p, sat_mul(sat_add(sat_product({4, C, C}), sat_product({2, C})), uint64_t(L)));
     p = sat_add(p, sat_product({dense_layers, 3, H, C}));
     if (moe_layers > 0) {
         const int64_t mats = m.expert == sparse::ExpertKind::gelu ? 2 : 3;
         const int64_t d_shared = m.d_shared > 0 ? m.d_shared : m.d_expert;
         uint64_t per_layer = sat_product({m.n_experts, mats, m.d_expert, C});
-        per_layer = sat_add(per_layer, sat_product({m.n_experts, C}));  // the gate
+        per_layer = sat_add(per_layer, sat_product({m.n_experts, C + 1}));  // gate and bias
         per_layer = sat_add(per_layer, sat_product({m.n_shared, 3, d_shared, C}));
         p = sat_add(p, sat_mul(per_layer, uint64_t(moe_layers)));
     }
@@ -53,10 +56,11 @@ LmMemory estimate_lm_memory(const LmConfig& cfg, int64_t max_batch, bool trainin
     return r;
 }
 
-void require_lm_memory(const LmConfig& cfg, int64_t max_batch, bool training) {
+void require_lm_memory(const LmConfig& cfg, int64_t max_batch, bool training,
+                       const std::string& source) {
     const LmMemory m = estimate_lm_memory(cfg, max_batch, training);
     require_memory(m.total(),
-                   "model (" + format_bytes(sat_add(m.param_bytes, m.optimizer_bytes)) +
+                   source + ": model (" + format_bytes(sat_add(m.param_bytes, m.optimizer_bytes)) +
                        " of parameters, gradients" + (training ? " and AdamW moments" : "") + "; " +
                        format_bytes(m.activation_bytes) + " of activations for batch " +
                        std::to_string(max_batch) + " x " + std::to_string(cfg.seq_len) + ")");

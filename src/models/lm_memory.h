@@ -26,9 +26,11 @@ struct LmMemory {
 // `training`: include AdamW's moments. Call after cfg.validate().
 LmMemory estimate_lm_memory(const LmConfig& cfg, int64_t max_batch, bool training);
 
-// estimate_lm_memory, then require_memory with a message that breaks the total down, e.g.
-// "model (0.4 GiB of parameters, gradients and AdamW moments; 3.1 GiB of activations for
-// batch 16 x 128) needs 3.5 GiB; 2.0 GiB available".
-void require_lm_memory(const LmConfig& cfg, int64_t max_batch, bool training);
+// estimate_lm_memory, then require_memory with a message that names `source` (the config
+// or checkpoint the sizes came from) and breaks the total down, e.g. "runs/x/checkpoint.
+// safetensors: model (0.4 GiB of parameters, gradients and AdamW moments; 3.1 GiB of
+// activations for batch 16 x 128) needs 3.5 GiB; 2.0 GiB available".
+void require_lm_memory(const LmConfig& cfg, int64_t max_batch, bool training,
+                       const std::string& source);
 
 }  // namespace moe::models

@@ -68,7 +68,8 @@ LoadedLm load_lm(const std::string& path, int64_t max_batch) {
     MOE_REQUIRE(need("format") == "moe.cpp/lm", lm.path, ": format '", excerpt(need("format")),
                 "' is not a language-model checkpoint");
     lm.cfg = lm_train_config_from_json(need("config"), lm.path + " (config metadata)");
-    lm.tokenizer = data::BpeTokenizer::from_json(need("tokenizer"));
+    lm.tokenizer =
+        data::BpeTokenizer::from_json(need("tokenizer"), lm.path + ": metadata 'tokenizer'");
     lm.step = parse_int64(need("step"), lm.path + ": metadata 'step'", 0);
     const nlohmann::json domains =
         io::parse_json(need("domains"), lm.path + ": metadata 'domains'");
@@ -79,7 +80,7 @@ LoadedLm load_lm(const std::string& path, int64_t max_batch) {
         lm.domains.push_back(d.get<std::string>());
     }
     check_config_against_tensors(f, lm.cfg.model);
-    models::require_lm_memory(lm.cfg.model, max_batch, /*training=*/false);
+    models::require_lm_memory(lm.cfg.model, max_batch, /*training=*/false, lm.path);
     lm.model = std::make_unique<models::TransformerLM>(lm.cfg.model, max_batch);
     load_checkpoint(lm.path, {{"", &lm.model->params()}}, {"optim."});
     return lm;

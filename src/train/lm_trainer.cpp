@@ -104,7 +104,7 @@ TrainResult train_lm(const LmTrainConfig& cfg, StartMode mode, const TrainHooks&
                 " is not divisible by the ", ranks,
                 " ranks: every rank takes the same share of each batch");
     // Before anything is written, the data read, or anything sized by the config allocated.
-    models::require_lm_memory(cfg.model, opt.batch_size / ranks, /*training=*/true);
+    models::require_lm_memory(cfg.model, opt.batch_size / ranks, /*training=*/true, "training");
     const std::string ckpt = checkpoint_path(cfg.out_dir);
     // The run directory is this run's alone from here to the end (rank 0 writes it).
     std::unique_ptr<RunDirLock> dir_lock;
@@ -124,7 +124,8 @@ TrainResult train_lm(const LmTrainConfig& cfg, StartMode mode, const TrainHooks&
     // Distributed: rank 0 trains it and sends it to the others (the same result, once).
     auto make_tokenizer = [&] {
         if (resume)
-            return data::BpeTokenizer::from_json(io::SafetensorsFile(ckpt).metadata("tokenizer"));
+            return data::BpeTokenizer::from_json(io::SafetensorsFile(ckpt).metadata("tokenizer"),
+                                                 ckpt + ": metadata 'tokenizer'");
         if (ranks == 1) return data::train_tokenizer(corpus, cfg.model.vocab_size);
         std::string json =
             root ? data::train_tokenizer(corpus, cfg.model.vocab_size).to_json() : "";
