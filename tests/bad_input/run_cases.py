@@ -21,7 +21,6 @@ are 4x longer and memory limits 4x higher.
 """
 
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -30,6 +29,9 @@ import signal
 import struct
 import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_cases import sha256  # noqa: E402  (one definition for both scripts)
 
 CLASSES = [
     "1_deep_json",
@@ -47,14 +49,6 @@ CLASSES = [
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
-
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def metadata(path):
