@@ -13,15 +13,15 @@ std::string nested(int depth, char open = '[', char close = ']') {
 }
 
 TEST(JsonDepth, LimitIsExactAndNamesSourceAndByte) {
-    EXPECT_NO_THROW(io::check_json_depth(nested(io::kMaxJsonDepth), "doc"));
+    EXPECT_NO_THROW(io::check_json_text(nested(io::kMaxJsonDepth), "doc"));
     EXPECT_TRUE(test::throws_error_with(
-        [] { io::check_json_depth(nested(io::kMaxJsonDepth + 1), "cfg.json"); },
+        [] { io::check_json_text(nested(io::kMaxJsonDepth + 1), "cfg.json"); },
         {"cfg.json", "nested deeper than 32 levels", "at byte 32"}));
     // Objects count as levels too.
     std::string objs;
     for (int i = 0; i <= io::kMaxJsonDepth; ++i) objs += "{\"a\":";
     objs += "1" + std::string(size_t(io::kMaxJsonDepth + 1), '}');
-    EXPECT_TRUE(test::throws_error_with([&] { io::check_json_depth(objs, "o"); }, {"o", "nested"}));
+    EXPECT_TRUE(test::throws_error_with([&] { io::check_json_text(objs, "o"); }, {"o", "nested"}));
 }
 
 TEST(JsonDepth, HundredThousandLevelsIsAnErrorNotACrash) {
@@ -30,9 +30,21 @@ TEST(JsonDepth, HundredThousandLevelsIsAnErrorNotACrash) {
                                             {source, "nested deeper"}));
 }
 
+// Found by fuzzing: nlohmann's parser stops at a NUL byte, so a header "{...}\0garbage"
+// parsed as its first part, and the key scan over the whole text then met the garbage.
+TEST(JsonText, NulByteIsRefusedWhereverItIs) {
+    for (const std::string text : {std::string("{}\0{\"x\": 1}", 11),
+                                   std::string("{\"a\0\": 1}", 9), std::string("\0", 1)}) {
+        EXPECT_TRUE(test::throws_error_with([&] { io::check_json_text(text, "h"); },
+                                            {"h: JSON text holds a NUL byte at byte"}))
+            << io::escape_invalid_utf8(text);
+        EXPECT_TRUE(test::throws_error_with([&] { io::parse_json(text, "h"); }, {"NUL byte"}));
+    }
+}
+
 TEST(JsonDepth, BracketsInsideStringsDoNotCount) {
     const std::string s = "[\"" + std::string(1000, '[') + "\\\"" + std::string(1000, '{') + "\"]";
-    EXPECT_NO_THROW(io::check_json_depth(s, "s"));
+    EXPECT_NO_THROW(io::check_json_text(s, "s"));
     const nlohmann::json j = io::parse_json(s, "s");
     EXPECT_EQ(j[0].get<std::string>().size(), 2001u);
 }

@@ -283,6 +283,18 @@ TEST_F(Safetensors, DeeplyNestedHeaderIsAnErrorNotAStackOverflow) {
     }
 }
 
+// Found by the fuzzer (fuzz/fuzz_safetensors.cpp): text after a NUL byte was ignored by the
+// JSON parser but not by the scan for header order, and escaped as a library exception.
+TEST_F(Safetensors, NulByteInHeaderIsAnError) {
+    const std::string path = file("nul.safetensors");
+    write_all(
+        path,
+        raw_file(std::string(R"({"x": {"dtype": "F32", "shape": [], "data_offsets": [0, 4]}})") +
+                     std::string("\0\0{\"y\": \x7f\"q\0\"", 10),
+                 4));
+    EXPECT_TRUE(open_fails_with(path, {path, "NUL byte at byte 60"}));
+}
+
 TEST_F(Safetensors, FifoIsRefusedWithoutBlocking) {
     const std::string path = file("fifo.safetensors");
     ASSERT_EQ(::mkfifo(path.c_str(), 0600), 0);

@@ -98,7 +98,7 @@ void Config::set(const std::string& assignment) {
     MOE_REQUIRE(is_valid_utf8(assignment), "--set ", excerpt(assignment),
                 ": not valid UTF-8 (a path of other bytes cannot be stored in a checkpoint; "
                 "rename the file or link it under a UTF-8 name)");
-    check_json_depth(text, "--set " + key);
+    check_json_text(text, "--set " + key);
     try {
         value = json::parse(text);
     } catch (const json::parse_error&) {

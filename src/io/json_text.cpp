@@ -7,11 +7,12 @@
 
 namespace moe::io {
 
-void check_json_depth(std::string_view text, const std::string& source) {
+void check_json_text(std::string_view text, const std::string& source) {
     int depth = 0;
     bool in_string = false, escaped = false;
     for (size_t i = 0; i < text.size(); ++i) {
         const char c = text[i];
+        MOE_REQUIRE(c != '\0', source, ": JSON text holds a NUL byte at byte ", i);
         if (in_string) {
             if (escaped)
                 escaped = false;
@@ -33,7 +34,7 @@ void check_json_depth(std::string_view text, const std::string& source) {
 }
 
 nlohmann::json parse_json(std::string_view text, const std::string& source, bool allow_comments) {
-    check_json_depth(text, source);
+    check_json_text(text, source);
     try {
         return nlohmann::json::parse(text, nullptr, true, allow_comments);
     } catch (const nlohmann::json::exception& e) {

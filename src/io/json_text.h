@@ -18,10 +18,12 @@ namespace moe::io {
 constexpr int kMaxJsonDepth = 32;
 
 // Throws moe::Error "SOURCE: JSON nested deeper than 32 levels at byte N" when an array or
-// object opens below kMaxJsonDepth levels. Brackets inside strings do not count.
-void check_json_depth(std::string_view text, const std::string& source);
+// object opens below kMaxJsonDepth levels (brackets inside strings do not count), and
+// "SOURCE: JSON text holds a NUL byte at byte N": nlohmann's parser takes a NUL as the end
+// of its input, so "{...}\0anything" would parse as the part before it.
+void check_json_text(std::string_view text, const std::string& source);
 
-// Parses `text` (after check_json_depth) with or without comments; errors name `source`.
+// Parses `text` (after check_json_text) with or without comments; errors name `source`.
 nlohmann::json parse_json(std::string_view text, const std::string& source,
                           bool allow_comments = false);
 

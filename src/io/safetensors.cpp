@@ -256,7 +256,7 @@ void SafetensorsFile::parse_header() {
     const uint64_t data_size = map_size_ - 8 - n;
 
     const std::string_view text(reinterpret_cast<const char*>(map_ + 8), size_t(n));
-    check_json_depth(text, path + ": header");
+    check_json_text(text, path + ": header");
     json header;
     try {
         header = json::parse(text.begin(), text.end());
