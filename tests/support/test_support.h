@@ -102,4 +102,22 @@ std::string source_dir();   // the repository root
 std::vector<float> to_f32(const std::vector<double>& v);
 std::vector<double> to_f64(const std::vector<float>& v);
 
+// Wall-clock limits in tests are set for the Release build. Under AddressSanitizer and
+// UndefinedBehaviorSanitizer (make test-asan, -O1) the same work takes 2-4 times as long,
+// so a test multiplies its limits by this: they still catch an algorithm gone quadratic,
+// not the sanitizers' constant factor.
+constexpr double time_limit_scale() {
+#if defined(__SANITIZE_ADDRESS__)
+    return 5.0;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+    return 5.0;
+#else
+    return 1.0;
+#endif
+#else
+    return 1.0;
+#endif
+}
+
 }  // namespace moe::test
