@@ -35,6 +35,15 @@ TEST(Config, SetWithEmptyKeyPartsIsRefused) {
     c.finish();
 }
 
+TEST(Config, SetKeyOfManyPartsIsRefused) {
+    std::string key = "a";
+    for (int i = 0; i < 60000; ++i) key += ".a";
+    io::Config c;
+    EXPECT_TRUE(test::throws_error_with([&] { c.set(key + "=1"); },
+                                        {"--set", "key has 60001 parts", "32 levels"}));
+    EXPECT_TRUE(c.doc().empty());
+}
+
 TEST(Config, SetValueMustBeUtf8) {
     io::Config c;
     EXPECT_TRUE(test::throws_error_with([&] { c.set("data.path=/tmp/caf\xe9.txt"); },

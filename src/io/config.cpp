@@ -114,6 +114,10 @@ void Config::set(const std::string& assignment) {
                     std::none_of(parts.begin(), parts.end(), [](auto& p) { return p.empty(); }),
                 "--set ", excerpt(assignment), ": '", excerpt(key),
                 "' is not a key; keys are words joined by '.', e.g. train.steps");
+    // A key of 60,000 parts ("a.a.a...", one argument) would nest the document that deep
+    // and every later walk over it would recurse as deep: the key counts against the limit.
+    MOE_REQUIRE(parts.size() <= size_t(kMaxJsonDepth), "--set ", excerpt(assignment), ": key has ",
+                parts.size(), " parts, more than the ", kMaxJsonDepth, " levels a config may nest");
     json* node = &doc_;
     for (const std::string& part : parts) {
         if (node->is_null()) *node = json::object();  // a new section
