@@ -14,15 +14,25 @@
 // must also survive what a checkpoint does with it: to_json(...).dump() is stored in the
 // checkpoint's metadata and lm_train_config_from_json reads it back on --resume, `moe eval`
 // and `moe generate`; that round trip must succeed and give the same config.
+//
+// And the document an accepted config builds must stay shallow. io::check_json_text refuses
+// text nested deeper than io::kMaxJsonDepth, because the walks over a document (dump() for
+// an error message, Config::finish) recurse once per level and a deep enough one exhausts
+// the stack. A stack overflow needs tens of kilobytes of brackets, more than the fuzzer's
+// inputs hold, so the harness checks the depth itself: deeper than twice the limit (room for
+// the sections a --set key adds) means a check was bypassed.
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "core/check.h"
 #include "fuzz_check.h"
 #include "io/config.h"
+#include "io/json_text.h"
 #include "memory_file.h"
 #include "train/lm_train_config.h"
 
@@ -45,6 +55,20 @@ Split split_input(std::string_view in) {
         s.overrides.emplace_back(in.substr(begin, at == std::string_view::npos ? at : at - begin));
     }
     return s;
+}
+
+// Nesting depth of a document, without recursion (the point is that it may be deep).
+int depth_of(const nlohmann::json& doc) {
+    int deepest = 0;
+    std::vector<std::pair<const nlohmann::json*, int>> todo = {{&doc, 1}};
+    while (!todo.empty()) {
+        const auto [node, depth] = todo.back();
+        todo.pop_back();
+        if (!node->is_structured()) continue;
+        deepest = std::max(deepest, depth);
+        for (const nlohmann::json& child : *node) todo.emplace_back(&child, depth + 1);
+    }
+    return deepest;
 }
 
 void check_round_trip(const moe::train::LmTrainConfig& cfg) {
@@ -74,6 +98,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     try {
         moe::io::Config c = moe::io::Config::from_file(path);
         for (const std::string& o : in.overrides) c.set(o);
+        if (depth_of(c.doc()) > 2 * moe::io::kMaxJsonDepth) {
+            std::fprintf(stderr, "config nested %d levels deep\n", depth_of(c.doc()));
+            FUZZ_CHECK(false, "a config deeper than twice io::kMaxJsonDepth was accepted");
+        }
         cfg = moe::train::read_lm_train_config(c);
     } catch (const moe::Error&) {
         return 0;  // rejected with a message: the expected outcome for bad input

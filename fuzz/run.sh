@@ -117,8 +117,9 @@ UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}" \
     tee "$work/last_run.log"
 status="${PIPESTATUS[0]}"
 
-execs="$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$work/last_run.log" | grep -o '[0-9]*$' | tail -1)"
-[ -n "$execs" ] || execs="$(grep -o '^#[0-9]*' "$work/last_run.log" | tail -1 | tr -d '#')"
+# libFuzzer's status lines start with the number of inputs run so far ("#1234"), in one
+# process and in -fork mode alike (where the final stats are a single job's).
+execs="$(grep -o '^#[0-9]*' "$work/last_run.log" | tail -1 | tr -d '#')"
 mapfile -t findings < <(cd "$work/findings" && ls -t crash-* leak-* timeout-* oom-* 2>/dev/null)
 new=$(($(ls "$work/findings" | wc -l) - before))
 echo "fuzz/run.sh: fuzz_$harness: ${execs:-?} executions in ${seconds}s, exit status $status," \
