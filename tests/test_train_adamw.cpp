@@ -62,7 +62,7 @@ TEST(ClipGradNorm, ScalesToMaxNormAndReportsTheNormBefore) {
     EXPECT_NEAR(s.g.get("gain").ptr<float>()[2], 0.8f, 1e-6);
     EXPECT_NEAR(train::clip_grad_norm(s.g, 10.0), 1.0, 1e-5);  // below the limit: unchanged
     EXPECT_NEAR(g[0], 0.6f, 1e-6);
-    EXPECT_NEAR(train::clip_grad_norm(s.g, 0.0), 1.0, 1e-5);   // 0 disables
+    EXPECT_NEAR(train::clip_grad_norm(s.g, 0.0), 1.0, 1e-5);  // 0 disables
 }
 
 TEST(LrSchedule, WarmupThenCosineToMin) {
