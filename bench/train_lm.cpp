@@ -1,4 +1,4 @@
-// build/bench/train_lm: training and batch-1 generation of models::TransformerLM on the
+// build/bench/train_lm: training and batch-1 generation of lm::TransformerLM on the
 // reference shape of issue 4, against oneDNN's dense sgemm measured in the same run.
 //
 //   usage: train_lm [--json] [--steps N] [--warmup N] [--threads N] [--small] [--profile]
@@ -85,7 +85,7 @@
 #include "kernels/elementwise.h"
 #include "kernels/gemm.h"
 #include "kernels/norms.h"
-#include "models/transformer_lm.h"
+#include "lm/transformer_lm.h"
 #include "moe/dispatch.h"
 #include "moe/stats.h"
 #include "nn/attention.h"
@@ -97,8 +97,8 @@
 namespace {
 
 using moe::Timer;
-using moe::models::LmConfig;
-using moe::models::TransformerLM;
+using moe::lm::LmConfig;
+using moe::lm::TransformerLM;
 
 struct Options {
     bool json = false, small = false, profile = false, decode = true;
@@ -235,8 +235,8 @@ struct GemmMix {
 // ---- One training step, as src/train/lm_trainer.cpp runs it ------------------------------
 
 // The forward options of training step `step` (no domain labels: softmax_topk ignores them).
-moe::models::ForwardOptions training_options(int64_t step) {
-    moe::models::ForwardOptions fo;
+moe::lm::ForwardOptions training_options(int64_t step) {
+    moe::lm::ForwardOptions fo;
     fo.training = true;
     fo.seed = uint64_t(step);
     return fo;
@@ -275,7 +275,7 @@ const char* const kPhases[] = {
     "experts_bwd", "combine_fwd",       "combine_bwd",       "moe_stats",     "lm_head_fwd",
     "lm_head_bwd", "cross_entropy_fwd", "cross_entropy_bwd", "clip",          "adamw"};
 
-// Replays TransformerLM::forward/backward (src/models/transformer_lm.cpp) and
+// Replays TransformerLM::forward/backward (src/lm/transformer_lm.cpp) and
 // MoeLayer::forward/backward (src/moe/moe_layer.cpp, routed path, no shared experts) call
 // by call on the model's weights, gradients and MoE layers, with its own activation
 // buffers, timing each phase. main() checks it against the model's own forward and backward
@@ -309,7 +309,7 @@ class Replay {
 
     // One timed step; adds each phase's seconds to `acc`. Returns the loss.
     double step(moe::train::AdamW& optim, const int32_t* in, const int32_t* tgt,
-                const moe::models::ForwardOptions& fo, std::map<std::string, double>& acc) {
+                const moe::lm::ForwardOptions& fo, std::map<std::string, double>& acc) {
         Timer t;
         auto lap = [&](const char* phase) {
             acc[phase] += t.seconds();
@@ -329,7 +329,7 @@ class Replay {
 
     // Forward + backward only (no optimizer step): loss and gradient norm, for the check.
     std::pair<double, double> loss_and_grad_norm(const int32_t* in, const int32_t* tgt,
-                                                 const moe::models::ForwardOptions& fo) {
+                                                 const moe::lm::ForwardOptions& fo) {
         auto lap = [&](const char*) {};
         m_.grads().zero();
         const double loss = forward(in, tgt, fo, lap);
@@ -350,7 +350,7 @@ class Replay {
     static std::string L(size_t l, const char* s) { return "layers." + std::to_string(l) + s; }
 
     template <class Lap>
-    double forward(const int32_t* in, const int32_t* tgt, const moe::models::ForwardOptions& fo,
+    double forward(const int32_t* in, const int32_t* tgt, const moe::lm::ForwardOptions& fo,
                    Lap& lap) {
         namespace k = moe::kernels;
         const LmConfig& c = m_.config();
@@ -623,7 +623,7 @@ int main(int argc, char** argv) {
         Replay replay(model, B, T);
         // The replay must be the model's computation: same loss and gradient norm as the
         // model's own forward + backward on the same weights.
-        const moe::models::ForwardOptions fo = training_options(trainer.steps);
+        const moe::lm::ForwardOptions fo = training_options(trainer.steps);
         model.grads().zero();
         const double ref_loss = model.forward(inputs, targets, B, T, fo);
         model.backward();

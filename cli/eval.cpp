@@ -6,7 +6,7 @@
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "core/threads.h"
-#include "data/lm_dataset.h"
+#include "lm/lm_dataset.h"
 #include "train/lm_analysis.h"
 #include "train/lm_checkpoint.h"
 
@@ -40,9 +40,9 @@ int run_eval(int argc, char** argv) {
 
     train::LoadedLm lm = train::load_lm(a.positional[0], batch);
     std::string data_path = a.get("--data", lm.cfg.data.path);
-    if (data_path.empty()) data_path = data::kDefaultCorpus;
-    const auto corpus = data::TextCorpus::load(data_path, lm.cfg.data.val_fraction);
-    const auto ds = data::LmDataset::build(corpus, lm.tokenizer);
+    if (data_path.empty()) data_path = lm::kDefaultCorpus;
+    const auto corpus = lm::TextCorpus::load(data_path, lm.cfg.data.val_fraction);
+    const auto ds = lm::LmDataset::build(corpus, lm.tokenizer);
     const train::LmAnalysis r =
         train::analyze_lm(*lm.model, ds, windows, batch, a.flags.count("--route-by-label") > 0);
 

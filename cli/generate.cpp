@@ -6,7 +6,7 @@
 #include "cli/commands.h"
 #include "core/threads.h"
 #include "core/timer.h"
-#include "models/sampling.h"
+#include "lm/sampling.h"
 #include "train/lm_checkpoint.h"
 
 namespace moe::cli {
@@ -36,7 +36,7 @@ int run_generate(int argc, char** argv) {
     if (a.help) return std::fputs(kUsage, stdout), 0;
     if (a.positional.size() != 1) throw UsageError("expected one CHECKPOINT");
     set_num_threads(a.get_int("--threads", 1, 0));
-    models::SamplingOptions so;
+    lm::SamplingOptions so;
     so.temperature = a.get_double("--temperature", 0.8);
     so.top_k = a.get_int("--top-k", 40);
     so.top_p = a.get_double("--top-p", 0.95);
@@ -56,7 +56,7 @@ int run_generate(int argc, char** argv) {
     const int64_t total =
         int64_t(ids.size()) + std::min<int64_t>(ctx - int64_t(ids.size()), max_new);
 
-    models::TransformerLM& model = *lm.model;
+    lm::TransformerLM& model = *lm.model;
     model.start_generation(total);
     const float* logits = nullptr;
     for (int32_t id : ids) logits = model.decode(id);
@@ -65,7 +65,7 @@ int run_generate(int argc, char** argv) {
     Timer clock;
     int64_t made = 0;
     for (int64_t n = int64_t(ids.size()); n < total; ++n) {
-        const int32_t next = models::sample_token(logits, lm.cfg.model.vocab_size, so, rng, work);
+        const int32_t next = lm::sample_token(logits, lm.cfg.model.vocab_size, so, rng, work);
         if (next >= lm.tokenizer.vocab_size()) break;  // an id no text maps to (never trained)
         std::fputs(lm.tokenizer.token_bytes(next).c_str(), stdout);
         std::fflush(stdout);

@@ -8,7 +8,7 @@
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "core/threads.h"
-#include "data/lm_dataset.h"
+#include "lm/lm_dataset.h"
 #include "io/heatmap.h"
 #include "train/lm_analysis.h"
 #include "train/lm_checkpoint.h"
@@ -45,9 +45,9 @@ int run_inspect(int argc, char** argv) {
     MOE_REQUIRE(lm.cfg.model.ffn == "moe", lm.path,
                 ": a dense model (model.ffn = \"dense\") has no routing to inspect");
     std::string data_path = a.get("--data", lm.cfg.data.path);
-    if (data_path.empty()) data_path = data::kDefaultCorpus;
-    const auto corpus = data::TextCorpus::load(data_path, lm.cfg.data.val_fraction);
-    const auto ds = data::LmDataset::build(corpus, lm.tokenizer);
+    if (data_path.empty()) data_path = lm::kDefaultCorpus;
+    const auto corpus = lm::TextCorpus::load(data_path, lm.cfg.data.val_fraction);
+    const auto ds = lm::LmDataset::build(corpus, lm.tokenizer);
     const train::LmAnalysis r = train::analyze_lm(*lm.model, ds, windows, batch);
     const int64_t E = lm.cfg.model.moe.n_experts;
 

@@ -8,7 +8,7 @@
 
 #include "cli/commands.h"
 #include "core/check.h"
-#include "dist/comm.h"
+#include "comm/comm.h"
 #include "train/lm_trainer.h"
 
 namespace moe::cli {
@@ -98,7 +98,7 @@ int run_train(int argc, char** argv) {
     for (const auto& s : sets) cfg.set(s);
     const train::LmTrainConfig c = train::read_lm_train_config(cfg);
     // Under mpirun: every rank runs this; MPI starts here, after the arguments checked out.
-    const std::unique_ptr<dist::Comm> comm = dist::make_world_comm();
+    const std::unique_ptr<comm::Comm> comm = comm::make_world_comm();
     try {
         const train::TrainResult r = train::train_lm(c, mode, {}, comm.get());
         return comm->rank() == 0 ? report(r) : (r.interrupted ? 130 : 0);

@@ -1,9 +1,9 @@
 // libFuzzer harness: the BPE tokenizer as a checkpoint's "tokenizer" metadata string loads
-// it (data::BpeTokenizer::from_json, called by train::load_lm and on --resume), then used.
+// it (lm::BpeTokenizer::from_json, called by train::load_lm and on --resume), then used.
 //
 // The input is the metadata string. Bad input must end in moe::Error; any other exception
 // escaping (std::terminate, reported as a crash), a sanitizer report, a leak or a hang is a
-// finding. A tokenizer that loads must keep the promises of data/bpe_tokenizer.h:
+// finding. A tokenizer that loads must keep the promises of lm/bpe_tokenizer.h:
 // decode(encode(x)) == x for any bytes x, every id in [0, vocab_size()), and to_json()
 // loads back to the same merges (it is what the next checkpoint stores).
 #include <cstdint>
@@ -13,12 +13,12 @@
 #include <vector>
 
 #include "core/check.h"
-#include "data/bpe_tokenizer.h"
+#include "lm/bpe_tokenizer.h"
 #include "fuzz_check.h"
 
 namespace {
 
-using moe::data::BpeTokenizer;
+using moe::lm::BpeTokenizer;
 
 void check_text(const BpeTokenizer& tok, std::string_view text) {
     const std::vector<int32_t> ids = tok.encode(text);

@@ -18,7 +18,7 @@
 #include "core/threads.h"
 #include "moe/moe_config.h"
 #include "moe/moe_layer.h"
-#include "moe/reference.h"
+#include "moe_reference.h"
 #include "moe/router.h"
 #include "moe/routing_plan.h"
 #include "test_support.h"
@@ -226,7 +226,7 @@ inline void check_same_for_any_thread_count(const sparse::MoeConfig& cfg, int64_
     for (size_t i = 0; i < names.size(); ++i) EXPECT_EQ(one.grads[i], two.grads[i]) << names[i];
 }
 
-// The whole layer (src/moe/moe_layer.h) against the dense reference (src/moe/reference.h):
+// The whole layer (src/moe/moe_layer.h) against the dense reference (tests/support/moe_reference.h):
 //  - outputs: the layer's out equals the reference's sum_e G[t, e] expert_e(x[t]) with G
 //    the dense gate of the layer's own plan;
 //  - expert gradients: equal the reference's;

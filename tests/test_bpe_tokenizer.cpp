@@ -6,18 +6,18 @@
 #include <map>
 
 #include "core/timer.h"
-#include "data/bpe_tokenizer.h"
-#include "data/text_corpus.h"
+#include "lm/bpe_tokenizer.h"
+#include "lm/text_corpus.h"
 #include "test_support.h"
 
 namespace moe {
 namespace {
 
-using data::BpeTokenizer;
+using lm::BpeTokenizer;
 
 std::vector<std::string> chunks_of(std::string_view text) {
     std::vector<std::string> out;
-    for (std::string_view c : data::pretokenize(text)) out.emplace_back(c);
+    for (std::string_view c : lm::pretokenize(text)) out.emplace_back(c);
     return out;
 }
 
@@ -54,7 +54,7 @@ std::vector<int32_t> textbook_encode(const BpeTokenizer& tok, std::string_view t
     std::map<std::pair<int32_t, int32_t>, int32_t> rank;
     for (size_t i = 0; i < tok.merges().size(); ++i) rank[tok.merges()[i]] = int32_t(i);
     std::vector<int32_t> out;
-    for (std::string_view chunk : data::pretokenize(text)) {
+    for (std::string_view chunk : lm::pretokenize(text)) {
         std::vector<int32_t> s;
         for (char c : chunk) s.push_back(static_cast<unsigned char>(c));
         for (;;) {
@@ -83,7 +83,7 @@ std::vector<int32_t> textbook_encode(const BpeTokenizer& tok, std::string_view t
 // The naive trainer: recount every pair of every chunk before each merge.
 std::vector<BpeTokenizer::Merge> naive_train(std::string_view text, int64_t merges_wanted) {
     std::map<std::string, int64_t> freq;
-    for (std::string_view c : data::pretokenize(text)) ++freq[std::string(c)];
+    for (std::string_view c : lm::pretokenize(text)) ++freq[std::string(c)];
     std::vector<std::pair<std::vector<int32_t>, int64_t>> words;
     for (const auto& [w, f] : freq) {
         std::vector<int32_t> s;
@@ -138,7 +138,7 @@ TEST(Pretokenize, PartitionsAnyBytes) {
     for (size_t n : {1, 3, 7, 17, 64, 1000}) {
         const std::string s = random_bytes(n, n);
         std::string joined;
-        for (std::string_view c : data::pretokenize(s)) {
+        for (std::string_view c : lm::pretokenize(s)) {
             EXPECT_FALSE(c.empty());
             joined += c;
         }
@@ -171,7 +171,7 @@ TEST(BpeTokenizer, TrainingMatchesNaiveRecount) {
 TEST(BpeTokenizer, TrainingMatchesNaiveRecountOnFortunes) {
     // Real text has the long tail of pairs that made incremental updates go wrong, if they
     // do: 300 merges on the first 60 kB of the corpus's train split.
-    const data::TextCorpus corpus = data::TextCorpus::load(data::kDefaultCorpus, 0.1);
+    const lm::TextCorpus corpus = lm::TextCorpus::load(lm::kDefaultCorpus, 0.1);
     std::string text;
     for (const auto& d : corpus.domains) text += d.train.substr(0, 4000);
     text.resize(std::min<size_t>(text.size(), 60000));
@@ -327,9 +327,9 @@ TEST(BpeTokenizer, MalformedSerializationIsRejected) {
 }
 
 TEST(BpeTokenizer, Vocab4096OnFortunes) {
-    if (!std::filesystem::exists(data::kDefaultCorpus))
-        GTEST_FAIL() << data::kDefaultCorpus << " is missing: run scripts/setup.sh (fortunes)";
-    const data::TextCorpus corpus = data::TextCorpus::load(data::kDefaultCorpus, 0.1);
+    if (!std::filesystem::exists(lm::kDefaultCorpus))
+        GTEST_FAIL() << lm::kDefaultCorpus << " is missing: run scripts/setup.sh (fortunes)";
+    const lm::TextCorpus corpus = lm::TextCorpus::load(lm::kDefaultCorpus, 0.1);
     std::vector<std::string_view> train_parts;
     std::string train_text, val_text;
     for (const auto& d : corpus.domains) {

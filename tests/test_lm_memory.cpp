@@ -1,7 +1,7 @@
-// The memory estimate of a TransformerLM from its config (models/lm_memory.h): the
+// The memory estimate of a TransformerLM from its config (lm/lm_memory.h): the
 // parameter count is exact for every kind of model, activations are a lower bound of what
 // the model allocates, and absurd configs saturate instead of wrapping around.
-#include "models/lm_memory.h"
+#include "lm/lm_memory.h"
 
 #include "core/memory_budget.h"
 #include "test_support.h"
@@ -9,8 +9,8 @@
 namespace moe {
 namespace {
 
-models::LmConfig small(const std::string& ffn) {
-    models::LmConfig c;
+lm::LmConfig small(const std::string& ffn) {
+    lm::LmConfig c;
     c.vocab_size = 300;
     c.d_model = 32;
     c.n_layers = 3;
@@ -24,9 +24,9 @@ models::LmConfig small(const std::string& ffn) {
     return c;
 }
 
-void expect_matches_model(const models::LmConfig& c, int64_t batch) {
-    const models::LmMemory est = models::estimate_lm_memory(c, batch, /*training=*/true);
-    const models::TransformerLM model(c, batch);
+void expect_matches_model(const lm::LmConfig& c, int64_t batch) {
+    const lm::LmMemory est = lm::estimate_lm_memory(c, batch, /*training=*/true);
+    const lm::TransformerLM model(c, batch);
     EXPECT_EQ(est.params, uint64_t(model.num_params()));
     EXPECT_EQ(est.optimizer_bytes, est.params * 8);
     EXPECT_LE(est.activation_bytes, model.activation_bytes());
@@ -54,13 +54,13 @@ TEST(LmMemory, AbsurdConfigsSaturateAndAreRefusedByName) {
     auto c = small("moe");
     c.n_layers = 1000000000;
     c.moe.n_experts = 1000000;
-    EXPECT_EQ(models::estimate_lm_memory(c, 16, true).total(), UINT64_MAX);
+    EXPECT_EQ(lm::estimate_lm_memory(c, 16, true).total(), UINT64_MAX);
     EXPECT_TRUE(test::throws_error_with(
-        [&] { models::require_lm_memory(c, 16, true, "cfg.json"); },
+        [&] { lm::require_lm_memory(c, 16, true, "cfg.json"); },
         {"cfg.json: model (", "AdamW moments", "needs more than 16 EiB", "available"}));
     auto v = small("dense");
     v.vocab_size = 1000000000000;
-    EXPECT_TRUE(test::throws_error_with([&] { models::require_lm_memory(v, 1, false, "cfg.json"); },
+    EXPECT_TRUE(test::throws_error_with([&] { lm::require_lm_memory(v, 1, false, "cfg.json"); },
                                         {"model (", "needs", "available"}));
 }
 

@@ -3,15 +3,15 @@
 // the losses of 5 AdamW steps with gradient clipping.
 #include <cmath>
 
-#include "models/transformer_lm.h"
+#include "lm/transformer_lm.h"
 #include "test_support.h"
 #include "train/adamw.h"
 
 namespace moe {
 namespace {
 
-models::LmConfig fixture_config(bool tied) {
-    models::LmConfig c;
+lm::LmConfig fixture_config(bool tied) {
+    lm::LmConfig c;
     c.vocab_size = 37;
     c.d_model = 16;
     c.n_layers = 2;
@@ -23,7 +23,7 @@ models::LmConfig fixture_config(bool tied) {
     return c;
 }
 
-void load_params(models::TransformerLM& model, const test::Fixture& fx) {
+void load_params(lm::TransformerLM& model, const test::Fixture& fx) {
     for (const auto& e : model.params().entries()) {
         const auto values = fx.get("param." + e.name);
         Tensor t = model.params().get(e.name);
@@ -43,7 +43,7 @@ TEST_P(TransformerVsTorch, LogitsLossGradientsAndAdamWSteps) {
     const test::Fixture fx(tied ? "transformer_lm_tied" : "transformer_lm");
     const auto cfg = fixture_config(tied);
     const int64_t B = 2, T = 9;
-    models::TransformerLM model(cfg, B);
+    lm::TransformerLM model(cfg, B);
     load_params(model, fx);
     const auto tokens = to_i32(fx.get_int("tokens"));
     const auto targets = to_i32(fx.get_int("targets"));
@@ -85,7 +85,7 @@ TEST_P(TransformerVsTorch, LogitsLossGradientsAndAdamWSteps) {
 INSTANTIATE_TEST_SUITE_P(Untied_Tied, TransformerVsTorch, ::testing::Values(false, true));
 
 TEST(TransformerLM, RejectsBatchOrLengthBeyondItsArena) {
-    models::TransformerLM model(fixture_config(false), 2);
+    lm::TransformerLM model(fixture_config(false), 2);
     std::vector<int32_t> tokens(3 * 9, 0);
     EXPECT_THROW(model.forward(tokens.data(), nullptr, 3, 9), Error);
     EXPECT_THROW(model.forward(tokens.data(), nullptr, 1, 10), Error);
@@ -95,7 +95,7 @@ TEST(TransformerLM, ConfigErrorsNameTheField) {
     auto cfg = fixture_config(false);
     cfg.n_heads = 3;  // does not divide d_model = 16
     try {
-        models::TransformerLM model(cfg, 1);
+        lm::TransformerLM model(cfg, 1);
         FAIL() << "expected an error";
     } catch (const Error& e) {
         EXPECT_NE(std::string(e.what()).find("model.n_heads"), std::string::npos) << e.what();
@@ -103,7 +103,7 @@ TEST(TransformerLM, ConfigErrorsNameTheField) {
 }
 
 TEST(TransformerLM, SameSeedSameWeights) {
-    models::TransformerLM a(fixture_config(false), 1), b(fixture_config(false), 1);
+    lm::TransformerLM a(fixture_config(false), 1), b(fixture_config(false), 1);
     a.init_weights(42);
     b.init_weights(42);
     const float* pa = a.params().f32_data();
@@ -123,15 +123,15 @@ namespace {
 // router's softmax over one expert is 1, so the expert's output passes with weight 1.
 // Copying the dense FFN weights into the expert must give the same loss and gradients.
 TEST(TransformerLM, OneExpertMoeEqualsTheDenseModel) {
-    models::LmConfig dense_cfg = fixture_config(false);
-    models::LmConfig moe_cfg = dense_cfg;
+    lm::LmConfig dense_cfg = fixture_config(false);
+    lm::LmConfig moe_cfg = dense_cfg;
     moe_cfg.ffn = "moe";
     moe_cfg.dense_layers = 1;  // layer 0 stays dense, layer 1 is MoE
     moe_cfg.moe.n_experts = 1;
     moe_cfg.moe.top_k = 1;
     moe_cfg.moe.d_expert = dense_cfg.d_ff;
     moe_cfg.moe.aux_loss_coef = 0;
-    models::TransformerLM dense(dense_cfg, 2), sparse(moe_cfg, 2);
+    lm::TransformerLM dense(dense_cfg, 2), sparse(moe_cfg, 2);
     dense.init_weights(3);
     sparse.init_weights(4);
     ASSERT_NE(sparse.moe_layer(1), nullptr);
@@ -170,12 +170,12 @@ TEST(TransformerLM, OneExpertMoeEqualsTheDenseModel) {
 }
 
 TEST(TransformerLM, MoeConfigErrorsNameTheKey) {
-    models::LmConfig cfg = fixture_config(false);
+    lm::LmConfig cfg = fixture_config(false);
     cfg.ffn = "sparse";
-    EXPECT_TRUE(test::throws_error_with([&] { models::TransformerLM m(cfg, 1); }, {"model.ffn"}));
+    EXPECT_TRUE(test::throws_error_with([&] { lm::TransformerLM m(cfg, 1); }, {"model.ffn"}));
     cfg.ffn = "moe";
     cfg.moe.router = "expert_choice";  // sees the future: refused in a causal LM
-    EXPECT_TRUE(test::throws_error_with([&] { models::TransformerLM m(cfg, 1); }, {"causal"}));
+    EXPECT_TRUE(test::throws_error_with([&] { lm::TransformerLM m(cfg, 1); }, {"causal"}));
 }
 
 }  // namespace
@@ -189,14 +189,14 @@ namespace {
 class DecodeMatchesForward : public ::testing::TestWithParam<bool> {};
 
 TEST_P(DecodeMatchesForward, AtEveryPosition) {
-    models::LmConfig cfg = fixture_config(false);
+    lm::LmConfig cfg = fixture_config(false);
     if (GetParam()) {
         cfg.ffn = "moe";
         cfg.moe.n_experts = 4;
         cfg.moe.top_k = 2;
         cfg.moe.d_expert = 12;
     }
-    models::TransformerLM model(cfg, 1);
+    lm::TransformerLM model(cfg, 1);
     model.init_weights(9);
     const int64_t T = 9, V = cfg.vocab_size;
     std::vector<int32_t> tokens(T);

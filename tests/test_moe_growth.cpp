@@ -7,7 +7,7 @@
 
 #include "moe/growth.h"
 #include "moe/moe_layer.h"
-#include "moe/reference.h"
+#include "moe_reference.h"
 #include "test_support.h"
 #include "train/adamw.h"
 

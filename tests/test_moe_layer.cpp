@@ -16,7 +16,7 @@
 #include "core/threads.h"
 #include "io/config.h"
 #include "moe/moe_layer.h"
-#include "moe/reference.h"
+#include "moe_reference.h"
 #include "test_support.h"
 
 namespace moe::sparse {

@@ -10,7 +10,7 @@
 #include <string>
 
 #include "moe/moe_layer.h"
-#include "moe/reference.h"
+#include "moe_reference.h"
 #include "router_harness.h"
 
 namespace moe {

@@ -9,7 +9,7 @@
 #include <limits>
 #include <memory>
 
-#include "moe/reference.h"
+#include "moe_reference.h"
 #include "moe/router.h"
 #include "test_support.h"
 

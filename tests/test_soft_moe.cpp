@@ -8,7 +8,7 @@
 #include <string>
 
 #include "moe/moe_layer.h"
-#include "moe/reference.h"
+#include "moe_reference.h"
 #include "moe/soft_moe.h"
 #include "test_support.h"
 

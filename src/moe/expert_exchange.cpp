@@ -8,7 +8,7 @@
 namespace moe::sparse {
 
 template <class R>
-ExpertExchange<R>::ExpertExchange(dist::Comm& comm, int64_t E, int64_t d)
+ExpertExchange<R>::ExpertExchange(comm::Comm& comm, int64_t E, int64_t d)
     : comm_(comm), E_(E), d_(d), R_(comm.size()) {
     MOE_REQUIRE(E % R_ == 0, "expert parallelism: moe.n_experts = ", E,
                 " is not divisible by the number of ranks (", R_,

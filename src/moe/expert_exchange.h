@@ -27,7 +27,7 @@
 #include <vector>
 
 #include "core/arena.h"
-#include "dist/comm.h"
+#include "comm/comm.h"
 
 namespace moe::sparse {
 
@@ -36,7 +36,7 @@ class ExpertExchange {
   public:
     // E: experts of the whole layer; d: row width. E % comm.size() != 0 is an error naming
     // both numbers.
-    ExpertExchange(dist::Comm& comm, int64_t E, int64_t d);
+    ExpertExchange(comm::Comm& comm, int64_t E, int64_t d);
 
     int64_t local_experts() const { return El_; }
     int64_t first_expert() const { return int64_t(comm_.rank()) * El_; }
@@ -65,7 +65,7 @@ class ExpertExchange {
     // major); to_owner = true: staging -> owner.
     void reorder(R* owner, R* staging, bool to_owner) const;
 
-    dist::Comm& comm_;
+    comm::Comm& comm_;
     int64_t E_, d_, R_, El_;
     std::string prefix_;
     R* staging_ = nullptr;  // [size * max_home_rows, d]

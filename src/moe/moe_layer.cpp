@@ -64,7 +64,7 @@ template <class R>
 MoeLayer<R>::~MoeLayer() = default;
 
 template <class R>
-void MoeLayer<R>::set_expert_parallel(dist::Comm* comm) {
+void MoeLayer<R>::set_expert_parallel(comm::Comm* comm) {
     MOE_CHECK(!acts_.allocated(), "MoeLayer::set_expert_parallel after declare");
     if (!comm || comm->size() == 1) return;
     MOE_REQUIRE(!soft_,

@@ -33,7 +33,7 @@
 
 #include "core/arena.h"
 #include "core/rng.h"
-#include "dist/comm.h"
+#include "comm/comm.h"
 #include "moe/expert_bank.h"
 #include "moe/expert_exchange.h"
 #include "moe/moe_config.h"
@@ -63,7 +63,7 @@ class MoeLayer {
     // combine (ExpertExchange), and the router's losses and the statistics cover the batch
     // of all ranks (Router::set_batch_group). Every rank calls forward and backward the same
     // number of times. Not for Soft MoE. A size-1 comm changes nothing.
-    void set_expert_parallel(dist::Comm* comm);
+    void set_expert_parallel(comm::Comm* comm);
     int64_t local_experts() const;
     int64_t first_expert() const { return exchange_ ? exchange_->first_expert() : 0; }
 
@@ -116,7 +116,7 @@ class MoeLayer {
     std::unique_ptr<Router<R>> router_;
     std::unique_ptr<ExpertBank<R>> experts_;
     std::unique_ptr<ExpertExchange<R>> exchange_;  // expert parallelism, or null
-    dist::Comm* group_ = nullptr;                  // the batch's ranks (stats), or null
+    comm::Comm* group_ = nullptr;                  // the batch's ranks (stats), or null
     // shared_ptr: its deleter is bound where SoftMoe is complete, so this header needs only
     // the forward declaration.
     std::shared_ptr<SoftMoe<R>> soft_;

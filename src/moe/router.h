@@ -15,7 +15,7 @@
 
 #include "core/arena.h"
 #include "core/rng.h"
-#include "dist/comm.h"
+#include "comm/comm.h"
 #include "moe/moe_config.h"
 #include "moe/routing_plan.h"
 
@@ -82,8 +82,8 @@ class Router {
     // gradient, so summing the ranks' gradients gives the single-process gradient. Capacity
     // limits and expert choice still act within each rank's tokens. null (the default):
     // this process's tokens are the whole batch.
-    void set_batch_group(dist::Comm* group) { group_ = group; }
-    dist::Comm* batch_group() const { return group_; }
+    void set_batch_group(comm::Comm* group) { group_ = group; }
+    comm::Comm* batch_group() const { return group_; }
 
   protected:
     // Sums v[0, n) over the batch group (nothing without one).
@@ -100,7 +100,7 @@ class Router {
     }
 
     MoeConfig cfg_;
-    dist::Comm* group_ = nullptr;
+    comm::Comm* group_ = nullptr;
 };
 
 // The router named by cfg.router; an unknown name is an error listing the known ones, and

@@ -9,7 +9,7 @@
 
 #include "core/check.h"
 #include "moe/router.h"
-#include "moe/routers.h"
+#include "moe/routers/constructors.h"
 
 namespace moe::sparse {
 

@@ -33,7 +33,7 @@ double mean_row_entropy(const R* probs, int64_t T, int64_t E) {
 
 template <class R>
 void update_stats(MoeStats& s, const RoutingPlan<R>& plan, const R* probs,
-                  const RouterLosses& losses, dist::Comm* group) {
+                  const RouterLosses& losses, comm::Comm* group) {
     const int64_t E = plan.E;
     if (int64_t(s.tokens_per_expert.size()) != E) s.tokens_per_expert.assign(size_t(E), 0);
     // [count per expert, tokens, rows, dropped, entropy * tokens], summed over the group.
@@ -65,9 +65,9 @@ void update_stats(MoeStats& s, const RoutingPlan<R>& plan, const R* probs,
 }
 
 template void update_stats<float>(MoeStats&, const RoutingPlan<float>&, const float*,
-                                  const RouterLosses&, dist::Comm*);
+                                  const RouterLosses&, comm::Comm*);
 template void update_stats<double>(MoeStats&, const RoutingPlan<double>&, const double*,
-                                   const RouterLosses&, dist::Comm*);
+                                   const RouterLosses&, comm::Comm*);
 template double mean_row_entropy<float>(const float*, int64_t, int64_t);
 template double mean_row_entropy<double>(const double*, int64_t, int64_t);
 

@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "dist/comm.h"
+#include "comm/comm.h"
 #include "moe/router.h"
 #include "moe/routing_plan.h"
 
@@ -29,7 +29,7 @@ struct MoeStats {
 // are those of every rank's tokens together. Allocates only on the first call.
 template <class R>
 void update_stats(MoeStats& s, const RoutingPlan<R>& plan, const R* probs,
-                  const RouterLosses& losses, dist::Comm* group = nullptr);
+                  const RouterLosses& losses, comm::Comm* group = nullptr);
 
 // Mean over tokens of the entropy -sum_e p log p of each row of probs [T, E] (terms with
 // p <= 0 count 0), in nats. Summed in fixed chunks, so the same for any thread count.

@@ -30,7 +30,7 @@ Shape file_shape(const Arena::Entry& e, const RowShard* shard) {
 
 void save_checkpoint(const std::string& path, const std::vector<CheckpointGroup>& groups,
                      const std::map<std::string, std::string>& metadata,
-                     const std::vector<RowShard>& shards, dist::Comm* comm) {
+                     const std::vector<RowShard>& shards, comm::Comm* comm) {
     const bool distributed = comm && comm->size() > 1;
     const bool writer = !distributed || comm->rank() == 0;
     std::vector<io::TensorToSave> tensors;

@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "core/arena.h"
-#include "dist/comm.h"
+#include "comm/comm.h"
 
 namespace moe::train {
 
@@ -43,7 +43,7 @@ struct RowShard {
 // writes; every rank returns only after the write, and throws if it failed.
 void save_checkpoint(const std::string& path, const std::vector<CheckpointGroup>& groups,
                      const std::map<std::string, std::string>& metadata = {},
-                     const std::vector<RowShard>& shards = {}, dist::Comm* comm = nullptr);
+                     const std::vector<RowShard>& shards = {}, comm::Comm* comm = nullptr);
 
 // Fills every entry of every group from `path` and returns the file's metadata.
 // Errors name the file and the tensor: a tensor that is missing or has another shape or

@@ -10,7 +10,7 @@
 namespace moe::train {
 
 DataParallelGrads::DataParallelGrads(Arena& grads, const std::vector<RowShard>& experts,
-                                     dist::Comm& comm, bool exact)
+                                     comm::Comm& comm, bool exact)
     : comm_(comm), exact_(exact), experts_(experts) {
     MOE_CHECK(grads.allocated(), "DataParallelGrads: gradient arena not allocated");
     const int R = comm.size();

@@ -22,7 +22,7 @@
 #include <vector>
 
 #include "core/arena.h"
-#include "dist/comm.h"
+#include "comm/comm.h"
 #include "train/checkpoint.h"
 
 namespace moe::train {
@@ -31,7 +31,7 @@ class DataParallelGrads {
   public:
     // experts: the entries of `grads` that hold rows [first_row, first_row + rows) of an
     // expert tensor with global_rows rows (all of them in one process).
-    DataParallelGrads(Arena& grads, const std::vector<RowShard>& experts, dist::Comm& comm,
+    DataParallelGrads(Arena& grads, const std::vector<RowShard>& experts, comm::Comm& comm,
                       bool exact);
 
     // Sums the replicated gradients over the ranks (collective).
@@ -53,7 +53,7 @@ class DataParallelGrads {
     };
     double exact_norm_squared();
 
-    dist::Comm& comm_;
+    comm::Comm& comm_;
     bool exact_;
     std::vector<RowShard> experts_;
     std::vector<Entry> entries_;     // arena order

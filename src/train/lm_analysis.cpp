@@ -10,7 +10,7 @@ namespace {
 
 // Adds the last forward's routing of every MoE layer to usage, all of whose tokens belong
 // to `domain`.
-void count_usage(const models::TransformerLM& model, LmAnalysis& a, int64_t domain) {
+void count_usage(const lm::TransformerLM& model, LmAnalysis& a, int64_t domain) {
     for (size_t i = 0; i < a.moe_layers.size(); ++i) {
         const auto* layer = model.moe_layer(a.moe_layers[i]);
         if (layer->is_soft()) continue;  // Soft MoE mixes tokens: no per-token route to count
@@ -22,7 +22,7 @@ void count_usage(const models::TransformerLM& model, LmAnalysis& a, int64_t doma
 
 }  // namespace
 
-LmAnalysis analyze_lm(models::TransformerLM& model, const data::LmDataset& ds,
+LmAnalysis analyze_lm(lm::TransformerLM& model, const lm::LmDataset& ds,
                       int64_t windows_per_domain, int64_t batch, bool route_by_label) {
     MOE_CHECK(windows_per_domain > 0 && batch > 0, "analyze_lm: windows and batch must be > 0");
     const auto& cfg = model.config();
@@ -62,7 +62,7 @@ LmAnalysis analyze_lm(models::TransformerLM& model, const data::LmDataset& ds,
                 std::copy_n(stream.begin() + start, T, inputs.begin() + b * T);
                 std::copy_n(stream.begin() + start + 1, T, targets.begin() + b * T);
             }
-            models::ForwardOptions fo;
+            lm::ForwardOptions fo;
             fo.domains = labels.data();
             // The assigned router routes by label in training mode; jitter is its only other
             // training-only behaviour, and the recipe leaves it at 0.

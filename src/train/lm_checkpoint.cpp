@@ -6,7 +6,7 @@
 #include "core/parse_number.h"
 #include "io/json_text.h"
 #include "io/safetensors.h"
-#include "models/lm_memory.h"
+#include "lm/lm_memory.h"
 #include "train/checkpoint.h"
 #include "train/lm_trainer.h"
 
@@ -20,7 +20,7 @@ namespace {
 // feed-forward weights, the head, and that there is no layer past n_layers. (The full
 // load checks every tensor again, exactly; this pass only has to be cheap and stop early:
 // it walks layers in order and fails at the first one the file does not have.)
-void check_config_against_tensors(const io::SafetensorsFile& f, const models::LmConfig& m) {
+void check_config_against_tensors(const io::SafetensorsFile& f, const lm::LmConfig& m) {
     const std::string& path = f.path();
     auto expect = [&](const std::string& name, std::initializer_list<int64_t> dims) {
         const Shape want(dims);
@@ -69,7 +69,7 @@ LoadedLm load_lm(const std::string& path, int64_t max_batch) {
                 "' is not a language-model checkpoint");
     lm.cfg = lm_train_config_from_json(need("config"), lm.path + " (config metadata)");
     lm.tokenizer =
-        data::BpeTokenizer::from_json(need("tokenizer"), lm.path + ": metadata 'tokenizer'");
+        lm::BpeTokenizer::from_json(need("tokenizer"), lm.path + ": metadata 'tokenizer'");
     lm.step = parse_int64(need("step"), lm.path + ": metadata 'step'", 0);
     const nlohmann::json domains =
         io::parse_json(need("domains"), lm.path + ": metadata 'domains'");
@@ -80,8 +80,8 @@ LoadedLm load_lm(const std::string& path, int64_t max_batch) {
         lm.domains.push_back(d.get<std::string>());
     }
     check_config_against_tensors(f, lm.cfg.model);
-    models::require_lm_memory(lm.cfg.model, max_batch, /*training=*/false, lm.path);
-    lm.model = std::make_unique<models::TransformerLM>(lm.cfg.model, max_batch);
+    lm::require_lm_memory(lm.cfg.model, max_batch, /*training=*/false, lm.path);
+    lm.model = std::make_unique<lm::TransformerLM>(lm.cfg.model, max_batch);
     load_checkpoint(lm.path, {{"", &lm.model->params()}}, {"optim."});
     return lm;
 }

@@ -7,8 +7,8 @@
 #include <string>
 #include <vector>
 
-#include "data/bpe_tokenizer.h"
-#include "models/transformer_lm.h"
+#include "lm/bpe_tokenizer.h"
+#include "lm/transformer_lm.h"
 #include "train/lm_train_config.h"
 
 namespace moe::train {
@@ -16,10 +16,10 @@ namespace moe::train {
 struct LoadedLm {
     std::string path;  // the checkpoint file
     LmTrainConfig cfg;
-    data::BpeTokenizer tokenizer;
+    lm::BpeTokenizer tokenizer;
     std::vector<std::string> domains;  // training domains, index = label
     int64_t step = 0;
-    std::unique_ptr<models::TransformerLM> model;
+    std::unique_ptr<lm::TransformerLM> model;
 };
 
 // `path` is a checkpoint file or a run directory holding checkpoint.safetensors.

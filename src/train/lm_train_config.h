@@ -7,7 +7,7 @@
 #include <string>
 
 #include "io/config.h"
-#include "models/transformer_lm.h"
+#include "lm/transformer_lm.h"
 
 namespace moe::train {
 
@@ -39,7 +39,7 @@ struct DataOptions {
 };
 
 struct LmTrainConfig {
-    models::LmConfig model;
+    lm::LmConfig model;
     TrainOptions train;
     DataOptions data;
     std::string out_dir = "runs/lm";

@@ -15,12 +15,12 @@
 #include "core/stop_signals.h"
 #include "core/threads.h"
 #include "core/timer.h"
-#include "data/lm_dataset.h"
-#include "data/text_corpus.h"
-#include "data/window_sampler.h"
+#include "lm/lm_dataset.h"
+#include "lm/text_corpus.h"
+#include "lm/window_sampler.h"
 #include "io/safetensors.h"
 #include "kernels/grouped_reduce.h"
-#include "models/lm_memory.h"
+#include "lm/lm_memory.h"
 #include "nn/loss.h"
 #include "train/adamw.h"
 #include "train/checkpoint.h"
@@ -62,11 +62,11 @@ struct CommReport {
 
 // `excluded`: communication of validation and checkpoint saves in the window, which is
 // not training (their compute is not counted either).
-CommReport comm_report(dist::Comm& group, int64_t steps, double compute_seconds,
-                       const dist::CommCounters& excluded) {
+CommReport comm_report(comm::Comm& group, int64_t steps, double compute_seconds,
+                       const comm::CommCounters& excluded) {
     CommReport r;
     if (group.size() == 1 || steps <= 0) return r;
-    dist::CommCounters c = group.counters();  // before the all-reduce below
+    comm::CommCounters c = group.counters();  // before the all-reduce below
     c.bytes_sent -= excluded.bytes_sent;
     c.seconds -= excluded.seconds;
     int64_t bytes = c.bytes_sent;
@@ -87,16 +87,16 @@ std::string checkpoint_path(const std::string& out_dir) {
 }
 
 TrainResult train_lm(const LmTrainConfig& cfg, StartMode mode, const TrainHooks& hooks,
-                     dist::Comm* comm) {
+                     comm::Comm* comm) {
     const bool resume = mode == StartMode::resume;
     const TrainOptions& opt = cfg.train;
     // Ctrl-C / SIGTERM stop the loop between steps (see core/stop_signals.h for why no
     // handler runs on the compute threads). From the start: a signal during set-up (corpus,
     // tokenizer) stops the run after its first step, with a checkpoint.
     const StopScope stop_signal;
-    std::unique_ptr<dist::Comm> single;
-    if (!comm) single = dist::make_single_process_comm();
-    dist::Comm& group = comm ? *comm : *single;
+    std::unique_ptr<comm::Comm> single;
+    if (!comm) single = comm::make_single_process_comm();
+    comm::Comm& group = comm ? *comm : *single;
     const int64_t ranks = group.size(), rank = group.rank();
     set_num_threads(opt.threads > 0 || ranks == 1 ? opt.threads : default_rank_threads());
     const bool root = rank == 0;  // prints and writes files
@@ -104,7 +104,7 @@ TrainResult train_lm(const LmTrainConfig& cfg, StartMode mode, const TrainHooks&
                 " is not divisible by the ", ranks,
                 " ranks: every rank takes the same share of each batch");
     // Before anything is written, the data read, or anything sized by the config allocated.
-    models::require_lm_memory(cfg.model, opt.batch_size / ranks, /*training=*/true, "training");
+    lm::require_lm_memory(cfg.model, opt.batch_size / ranks, /*training=*/true, "training");
     const std::string ckpt = checkpoint_path(cfg.out_dir);
     // The run directory is this run's alone from here to the end (rank 0 writes it).
     std::unique_ptr<RunDirLock> dir_lock;
@@ -118,32 +118,32 @@ TrainResult train_lm(const LmTrainConfig& cfg, StartMode mode, const TrainHooks&
 
     // Data and tokenizer. A resumed run takes the tokenizer saved with the checkpoint, so it
     // reads exactly the tokens the interrupted run did.
-    const std::string data_path = cfg.data.path.empty() ? data::kDefaultCorpus : cfg.data.path;
-    const data::TextCorpus corpus = data::TextCorpus::load(data_path, cfg.data.val_fraction);
+    const std::string data_path = cfg.data.path.empty() ? lm::kDefaultCorpus : cfg.data.path;
+    const lm::TextCorpus corpus = lm::TextCorpus::load(data_path, cfg.data.val_fraction);
     Timer tok_clock;
     // Distributed: rank 0 trains it and sends it to the others (the same result, once).
     auto make_tokenizer = [&] {
         if (resume)
-            return data::BpeTokenizer::from_json(io::SafetensorsFile(ckpt).metadata("tokenizer"),
+            return lm::BpeTokenizer::from_json(io::SafetensorsFile(ckpt).metadata("tokenizer"),
                                                  ckpt + ": metadata 'tokenizer'");
-        if (ranks == 1) return data::train_tokenizer(corpus, cfg.model.vocab_size);
+        if (ranks == 1) return lm::train_tokenizer(corpus, cfg.model.vocab_size);
         std::string json =
-            root ? data::train_tokenizer(corpus, cfg.model.vocab_size).to_json() : "";
+            root ? lm::train_tokenizer(corpus, cfg.model.vocab_size).to_json() : "";
         int64_t size = int64_t(json.size());
         group.broadcast(&size, sizeof size, 0);
         json.resize(size_t(size));
         group.broadcast(json.data(), size, 0);
-        return data::BpeTokenizer::from_json(json);
+        return lm::BpeTokenizer::from_json(json);
     };
-    const data::BpeTokenizer tokenizer = make_tokenizer();
+    const lm::BpeTokenizer tokenizer = make_tokenizer();
     MOE_REQUIRE(tokenizer.vocab_size() <= cfg.model.vocab_size, "the tokenizer has ",
                 tokenizer.vocab_size(),
                 " tokens, more than model.vocab_size = ", cfg.model.vocab_size);
-    const data::LmDataset ds = data::LmDataset::build(corpus, tokenizer);
+    const lm::LmDataset ds = lm::LmDataset::build(corpus, tokenizer);
     const int64_t T = cfg.model.seq_len, B = opt.batch_size;
-    const data::WindowSampler train_sampler(ds.train_tokens, T, uint64_t(opt.seed),
+    const lm::WindowSampler train_sampler(ds.train_tokens, T, uint64_t(opt.seed),
                                             ds.train_labels);
-    const data::WindowSampler val_sampler(ds.val_tokens, T, uint64_t(opt.seed), ds.val_labels);
+    const lm::WindowSampler val_sampler(ds.val_tokens, T, uint64_t(opt.seed), ds.val_labels);
     const int64_t eval_count = std::min(opt.eval_windows, val_sampler.eval_windows());
     if (root)
         std::printf(
@@ -159,10 +159,10 @@ TrainResult train_lm(const LmTrainConfig& cfg, StartMode mode, const TrainHooks&
 
     // Each rank runs Bl sequences of every batch: [rank * Bl, (rank + 1) * Bl).
     const int64_t Bl = B / ranks;
-    models::TransformerLM model(cfg.model, Bl, ranks > 1 ? &group : nullptr);
+    lm::TransformerLM model(cfg.model, Bl, ranks > 1 ? &group : nullptr);
     model.init_weights(uint64_t(opt.seed));
     std::vector<RowShard> shards;
-    for (const models::ShardedParam& p : model.sharded_params())
+    for (const lm::ShardedParam& p : model.sharded_params())
         shards.push_back({p.name, p.global_rows, p.first_row});
     // Exact sums (train.reduction_groups > 1): this rank's share of the canonical groups.
     const int64_t reduce_groups = opt.reduction_groups;
@@ -256,7 +256,7 @@ TrainResult train_lm(const LmTrainConfig& cfg, StartMode mode, const TrainHooks&
             std::vector<int32_t>& masked = eval_targets;
             std::copy(tg, tg + per_rank * T, masked.begin());
             std::fill(masked.begin() + real * T, masked.begin() + per_rank * T, -1);
-            models::ForwardOptions fo;
+            lm::ForwardOptions fo;
             fo.domains = labels.data() + first * T;
             const double mean =
                 model.forward(inputs.data() + first * T, masked.data(), per_rank, T, fo);
@@ -275,10 +275,10 @@ TrainResult train_lm(const LmTrainConfig& cfg, StartMode mode, const TrainHooks&
     int64_t tokens_since_log = 0, last_log_step = step;
     double compute_seconds = 0;  // since the last log, this rank's step time outside comm
     group.reset_counters();
-    dist::CommCounters not_training;  // validation and saves since the last log
+    comm::CommCounters not_training;  // validation and saves since the last log
     // Runs f and books its communication under not_training.
     auto outside_training = [&](auto&& f) {
-        const dist::CommCounters before = group.counters();
+        const comm::CommCounters before = group.counters();
         f();
         not_training.bytes_sent += group.counters().bytes_sent - before.bytes_sent;
         not_training.seconds += group.counters().seconds - before.seconds;
@@ -290,7 +290,7 @@ TrainResult train_lm(const LmTrainConfig& cfg, StartMode mode, const TrainHooks&
         Timer step_clock;
         const double comm_before = group.counters().seconds;
         const size_t mine = size_t(rank * Bl * T), n_mine = size_t(Bl * T);
-        models::ForwardOptions fo;
+        lm::ForwardOptions fo;
         fo.domains = labels.data() + mine;
         fo.training = true;
         fo.seed = uint64_t(opt.seed) * 0x9e3779b97f4a7c15ull + uint64_t(step);
@@ -431,7 +431,7 @@ TrainResult train_lm(const LmTrainConfig& cfg, StartMode mode, const TrainHooks&
     return result;
 }
 
-RoutingSummary summarize_routing(const models::TransformerLM& model) {
+RoutingSummary summarize_routing(const lm::TransformerLM& model) {
     RoutingSummary r;
     double acc = 0;
     int acc_layers = 0;

@@ -12,8 +12,8 @@
 #include <functional>
 #include <string>
 
-#include "dist/comm.h"
-#include "models/transformer_lm.h"
+#include "comm/comm.h"
+#include "lm/transformer_lm.h"
 #include "train/lm_train_config.h"
 #include "train/run_dir.h"
 
@@ -45,7 +45,7 @@ struct TrainHooks {
 // gradients are summed over the ranks, and rank 0 alone prints and writes files. The
 // losses equal a single process's with the same config, up to rounding.
 TrainResult train_lm(const LmTrainConfig& cfg, StartMode mode, const TrainHooks& hooks = {},
-                     dist::Comm* comm = nullptr);
+                     comm::Comm* comm = nullptr);
 
 // What the MoE layers of a model did in its last forward, averaged over those layers.
 struct RoutingSummary {
@@ -58,7 +58,7 @@ struct RoutingSummary {
     // always differ here. Logged as "routing_hash" with each step's metrics.
     uint64_t counts_hash = 0;
 };
-RoutingSummary summarize_routing(const models::TransformerLM& model);
+RoutingSummary summarize_routing(const lm::TransformerLM& model);
 
 // The checkpoint file of a run directory.
 std::string checkpoint_path(const std::string& out_dir);

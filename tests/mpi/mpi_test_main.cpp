@@ -28,10 +28,10 @@
 namespace moe::test {
 
 namespace {
-std::unique_ptr<dist::Comm> g_world;
+std::unique_ptr<comm::Comm> g_world;
 }
 
-dist::Comm& world() {
+comm::Comm& world() {
     return *g_world;
 }
 
@@ -136,7 +136,7 @@ class RankSync : public ::testing::EmptyTestEventListener {
     explicit RankSync(Watchdog& dog) : dog_(dog) {}
     void OnTestStart(const ::testing::TestInfo& t) override { dog_.arm(test_name(t)); }
     void OnTestEnd(const ::testing::TestInfo& t) override {
-        moe::dist::Comm& c = world();
+        moe::comm::Comm& c = world();
         int64_t failed = t.result()->Failed() ? 1 : 0;
         std::vector<int64_t> all(c.size());
         try {
@@ -176,12 +176,12 @@ double timeout_seconds() {
 int main(int argc, char** argv) {
     ::testing::InitGoogleTest(&argc, argv);
     try {
-        moe::test::g_world = moe::dist::make_mpi_comm();
+        moe::test::g_world = moe::comm::make_mpi_comm();
     } catch (const moe::Error& e) {
         std::fprintf(stderr, "cannot start MPI: %s\n", e.what());
         return 2;
     }
-    moe::dist::Comm& c = world();
+    moe::comm::Comm& c = world();
     const int rank = c.rank();
 
     Watchdog dog(rank, timeout_seconds());

@@ -11,12 +11,12 @@
 #include <cstring>
 #include <vector>
 
-#include "dist/comm.h"
+#include "comm/comm.h"
 
 namespace moe::test {
 
-// MPI_COMM_WORLD, made with dist::make_mpi_comm().
-dist::Comm& world();
+// MPI_COMM_WORLD, made with comm::make_mpi_comm().
+comm::Comm& world();
 
 // True on every rank when `ok` is true on every rank.
 inline bool all_ranks(bool ok) {
@@ -28,7 +28,7 @@ inline bool all_ranks(bool ok) {
 // True on every rank when the `bytes` bytes at data are identical on every rank (compared
 // on rank 0, which then broadcasts the verdict). data: [bytes]
 inline bool same_on_all_ranks(const void* data, int64_t bytes) {
-    dist::Comm& c = world();
+    comm::Comm& c = world();
     std::vector<char> all(c.rank() == 0 ? static_cast<size_t>(bytes) * c.size() : 0);
     c.gather(data, bytes, all.data(), 0);
     int64_t same = 1;

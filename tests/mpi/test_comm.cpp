@@ -18,7 +18,7 @@
 #include "mpi_test_world.h"
 #include "test_support.h"
 
-namespace moe::dist {
+namespace moe::comm {
 namespace {
 
 using moe::test::all_ranks;
@@ -336,4 +336,4 @@ TEST_F(MpiComm, MpiFailureBecomesErrorNamingOpRankAndMpiText) {
 }
 
 }  // namespace
-}  // namespace moe::dist
+}  // namespace moe::comm

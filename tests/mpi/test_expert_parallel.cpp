@@ -29,7 +29,7 @@ struct Built {
     Arena params, grads;
 };
 
-void build(Built& b, const MoeConfig& cfg, int64_t max_T, dist::Comm* ep) {
+void build(Built& b, const MoeConfig& cfg, int64_t max_T, comm::Comm* ep) {
     b.layer = std::make_unique<MoeLayer<double>>(cfg, max_T);
     b.layer->set_expert_parallel(ep);
     b.layer->declare(b.params, "moe.");
@@ -78,7 +78,7 @@ MoeConfig config(const std::string& router, int64_t E) {
 // Runs forward + backward on both layers and compares. kill_last_rank_experts: the
 // router's bias makes the last rank's experts unselectable, so that rank receives no rows.
 void check_matches_single_process(const std::string& router, bool kill_last_rank_experts) {
-    dist::Comm& world = test::world();
+    comm::Comm& world = test::world();
     const int R = world.size(), rank = world.rank();
     const int64_t E = 8, Tl = 5, Tg = Tl * R, d = 12;
     const MoeConfig cfg = config(router, E);
@@ -170,7 +170,7 @@ TEST(ExpertParallel, ARankWhoseExpertsGetNoTokensWorks) {
 }
 
 TEST(ExpertParallel, InitialisationGivesEachRankItsSliceOfTheSingleProcessWeights) {
-    dist::Comm& world = test::world();
+    comm::Comm& world = test::world();
     const MoeConfig cfg = config("softmax_topk", 8);
     Built ref, ep;
     build(ref, cfg, 4, nullptr);
@@ -190,7 +190,7 @@ TEST(ExpertParallel, InitialisationGivesEachRankItsSliceOfTheSingleProcessWeight
 }
 
 TEST(ExpertParallel, ExpertsNotDivisibleByRanksIsAnErrorNamingBoth) {
-    dist::Comm& world = test::world();
+    comm::Comm& world = test::world();
     const int64_t E = 2 * world.size() + 1;
     MoeLayer<double> layer(config("softmax_topk", E), 4);
     try {

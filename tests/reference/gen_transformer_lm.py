@@ -1,5 +1,5 @@
 """Whole-model fixture: a small decoder-only transformer written out in PyTorch (float64)
-with the same definition as src/models/transformer_lm.h: logits, loss, every parameter
+with the same definition as src/lm/transformer_lm.h: logits, loss, every parameter
 gradient, and the losses of 5 AdamW steps with gradient clipping."""
 import math
 

@@ -11,7 +11,7 @@
 
 #include "core/check.h"
 #include "kernels/softmax.h"
-#include "moe/routers.h"
+#include "moe/routers/constructors.h"
 #include "moe/routers/gate.h"
 
 namespace moe::sparse {

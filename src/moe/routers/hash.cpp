@@ -16,7 +16,7 @@
 #include <utility>
 
 #include "core/check.h"
-#include "moe/routers.h"
+#include "moe/routers/constructors.h"
 
 namespace moe::sparse {
 

@@ -21,7 +21,7 @@
 #include <memory>
 
 #include "core/check.h"
-#include "moe/routers.h"
+#include "moe/routers/constructors.h"
 #include "moe/routers/gate.h"
 #include "nn/linear.h"
 

@@ -29,7 +29,7 @@
 #include <vector>
 
 #include "core/check.h"
-#include "moe/routers.h"
+#include "moe/routers/constructors.h"
 #include "moe/routers/gate.h"
 
 namespace moe::sparse {

@@ -21,7 +21,7 @@
 #include <cmath>
 
 #include "kernels/softmax.h"
-#include "moe/routers.h"
+#include "moe/routers/constructors.h"
 #include "moe/routers/gate.h"
 
 namespace moe::sparse {

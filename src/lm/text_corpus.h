@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-namespace moe::data {
+namespace moe::lm {
 
 struct TextDomain {
     std::string name;  // file name relative to the corpus root
@@ -35,4 +35,4 @@ struct TextCorpus {
 // The fortunes package's corpus, used when no data path is configured.
 constexpr const char* kDefaultCorpus = "/usr/share/games/fortunes";
 
-}  // namespace moe::data
+}  // namespace moe::lm

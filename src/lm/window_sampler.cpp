@@ -1,4 +1,4 @@
-#include "data/window_sampler.h"
+#include "lm/window_sampler.h"
 
 #include <algorithm>
 #include <cstring>
@@ -6,7 +6,7 @@
 #include "core/check.h"
 #include "core/rng.h"
 
-namespace moe::data {
+namespace moe::lm {
 
 WindowSampler::WindowSampler(const std::vector<int32_t>& tokens, int64_t T, uint64_t seed,
                              const std::vector<int32_t>& labels)
@@ -54,4 +54,4 @@ void WindowSampler::eval_batch(int64_t first, int64_t B, int64_t count, int32_t*
     }
 }
 
-}  // namespace moe::data
+}  // namespace moe::lm

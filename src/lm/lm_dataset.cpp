@@ -1,8 +1,8 @@
-#include "data/lm_dataset.h"
+#include "lm/lm_dataset.h"
 
 #include <string_view>
 
-namespace moe::data {
+namespace moe::lm {
 
 LmDataset LmDataset::build(const TextCorpus& corpus, const BpeTokenizer& tokenizer) {
     LmDataset d;
@@ -27,4 +27,4 @@ BpeTokenizer train_tokenizer(const TextCorpus& corpus, int64_t vocab_size) {
     return BpeTokenizer::train(texts, vocab_size);
 }
 
-}  // namespace moe::data
+}  // namespace moe::lm

@@ -11,9 +11,9 @@
 #include <cstdint>
 #include <string>
 
-#include "models/transformer_lm.h"
+#include "lm/transformer_lm.h"
 
-namespace moe::models {
+namespace moe::lm {
 
 struct LmMemory {
     uint64_t params = 0;            // parameter values (count)
@@ -33,4 +33,4 @@ LmMemory estimate_lm_memory(const LmConfig& cfg, int64_t max_batch, bool trainin
 void require_lm_memory(const LmConfig& cfg, int64_t max_batch, bool training,
                        const std::string& source);
 
-}  // namespace moe::models
+}  // namespace moe::lm

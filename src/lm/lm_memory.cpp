@@ -1,10 +1,10 @@
-#include "models/lm_memory.h"
+#include "lm/lm_memory.h"
 
 #include <algorithm>
 
 #include "core/memory_budget.h"
 
-namespace moe::models {
+namespace moe::lm {
 
 uint64_t LmMemory::total() const {
     return sat_add(sat_add(param_bytes, optimizer_bytes), activation_bytes);
@@ -66,4 +66,4 @@ void require_lm_memory(const LmConfig& cfg, int64_t max_batch, bool training,
                        std::to_string(max_batch) + " x " + std::to_string(cfg.seq_len) + ")");
 }
 
-}  // namespace moe::models
+}  // namespace moe::lm

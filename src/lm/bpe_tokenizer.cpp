@@ -1,4 +1,4 @@
-#include "data/bpe_tokenizer.h"
+#include "lm/bpe_tokenizer.h"
 
 #include <algorithm>
 #include <nlohmann/json.hpp>
@@ -8,7 +8,7 @@
 #include "core/parse_number.h"
 #include "io/json_text.h"
 
-namespace moe::data {
+namespace moe::lm {
 
 namespace {
 
@@ -333,4 +333,4 @@ BpeTokenizer BpeTokenizer::from_json(const std::string& text, const std::string&
     return BpeTokenizer(std::move(merges));  // checks ids and repeats
 }
 
-}  // namespace moe::data
+}  // namespace moe::lm

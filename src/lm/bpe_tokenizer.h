@@ -37,7 +37,7 @@
 #include <utility>
 #include <vector>
 
-namespace moe::data {
+namespace moe::lm {
 
 // The chunks of `text` under the rule above; they partition it, in order.
 std::vector<std::string_view> pretokenize(std::string_view text);
@@ -89,4 +89,4 @@ class BpeTokenizer {
     int32_t rank_of(int32_t a, int32_t b) const;  // -1 when (a, b) is not a merge
 };
 
-}  // namespace moe::data
+}  // namespace moe::lm

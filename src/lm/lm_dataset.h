@@ -10,10 +10,10 @@
 #include <string>
 #include <vector>
 
-#include "data/bpe_tokenizer.h"
-#include "data/text_corpus.h"
+#include "lm/bpe_tokenizer.h"
+#include "lm/text_corpus.h"
 
-namespace moe::data {
+namespace moe::lm {
 
 struct LmDataset {
     std::vector<std::string> domains;  // names, index = label
@@ -28,4 +28,4 @@ struct LmDataset {
 // (vocab_size 256: the plain byte tokenizer, nothing to train).
 BpeTokenizer train_tokenizer(const TextCorpus& corpus, int64_t vocab_size);
 
-}  // namespace moe::data
+}  // namespace moe::lm

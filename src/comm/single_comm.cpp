@@ -6,9 +6,9 @@
 
 #include "core/check.h"
 #include "core/timer.h"
-#include "dist/comm.h"
+#include "comm/comm.h"
 
-namespace moe::dist {
+namespace moe::comm {
 
 namespace {
 
@@ -89,4 +89,4 @@ std::unique_ptr<Comm> make_single_process_comm() {
     return std::make_unique<SingleComm>();
 }
 
-}  // namespace moe::dist
+}  // namespace moe::comm

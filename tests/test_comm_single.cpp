@@ -6,10 +6,10 @@
 #include <numeric>
 #include <vector>
 
-#include "dist/comm.h"
+#include "comm/comm.h"
 #include "test_support.h"
 
-namespace moe::dist {
+namespace moe::comm {
 namespace {
 
 using moe::test::throws_error_with;
@@ -139,4 +139,4 @@ TEST(SingleComm, AbortExitsWithTheCode) {
 }
 
 }  // namespace
-}  // namespace moe::dist
+}  // namespace moe::comm

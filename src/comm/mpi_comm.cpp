@@ -27,9 +27,9 @@
 
 #include "core/check.h"
 #include "core/timer.h"
-#include "dist/comm.h"
+#include "comm/comm.h"
 
-namespace moe::dist {
+namespace moe::comm {
 
 namespace {
 
@@ -303,4 +303,4 @@ std::unique_ptr<Comm> make_mpi_comm() {
     return std::make_unique<MpiComm>();
 }
 
-}  // namespace moe::dist
+}  // namespace moe::comm

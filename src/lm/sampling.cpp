@@ -1,11 +1,11 @@
-#include "models/sampling.h"
+#include "lm/sampling.h"
 
 #include <algorithm>
 #include <cmath>
 
 #include "core/check.h"
 
-namespace moe::models {
+namespace moe::lm {
 
 int32_t sample_token(const float* logits, int64_t V, const SamplingOptions& opt, Rng& rng,
                      std::vector<std::pair<float, int32_t>>& work) {
@@ -46,4 +46,4 @@ int32_t sample_token(const float* logits, int64_t V, const SamplingOptions& opt,
     return work[size_t(keep - 1)].second;  // rounding left u at ~0
 }
 
-}  // namespace moe::models
+}  // namespace moe::lm

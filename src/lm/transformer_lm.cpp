@@ -1,4 +1,4 @@
-#include "models/transformer_lm.h"
+#include "lm/transformer_lm.h"
 
 #include <cmath>
 #include <cstring>
@@ -11,7 +11,7 @@
 #include "nn/loss.h"
 #include "nn/mlp.h"
 
-namespace moe::models {
+namespace moe::lm {
 
 void LmConfig::validate() const {
     MOE_REQUIRE(vocab_size > 0, "model.vocab_size must be > 0, got ", vocab_size);
@@ -46,7 +46,7 @@ nn::AttentionConfig TransformerLM::attn_config() const {
     return a;
 }
 
-TransformerLM::TransformerLM(const LmConfig& cfg, int64_t max_batch, dist::Comm* expert_parallel)
+TransformerLM::TransformerLM(const LmConfig& cfg, int64_t max_batch, comm::Comm* expert_parallel)
     : cfg_(cfg), max_batch_(max_batch) {
     cfg_.validate();
     MOE_CHECK(max_batch > 0, "TransformerLM: max_batch must be > 0, got ", max_batch);
@@ -346,4 +346,4 @@ const float* TransformerLM::decode(int32_t token) {
     return logits;
 }
 
-}  // namespace moe::models
+}  // namespace moe::lm

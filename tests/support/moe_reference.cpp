@@ -1,6 +1,6 @@
 // The dense double-precision reference of the MoE layer (see reference.h). Plain loops,
 // one token and one expert at a time; written for clarity, not speed.
-#include "moe/reference.h"
+#include "moe_reference.h"
 
 #include <algorithm>
 #include <cmath>

@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-namespace moe::data {
+namespace moe::lm {
 
 class WindowSampler {
   public:
@@ -38,4 +38,4 @@ class WindowSampler {
     uint64_t seed_;
 };
 
-}  // namespace moe::data
+}  // namespace moe::lm

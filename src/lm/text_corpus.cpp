@@ -1,4 +1,4 @@
-#include "data/text_corpus.h"
+#include "lm/text_corpus.h"
 
 #include <unistd.h>
 
@@ -12,7 +12,7 @@
 #include "io/input_file.h"
 #include "io/json_text.h"
 
-namespace moe::data {
+namespace moe::lm {
 
 namespace fs = std::filesystem;
 
@@ -134,4 +134,4 @@ int64_t TextCorpus::val_bytes() const {
     return n;
 }
 
-}  // namespace moe::data
+}  // namespace moe::lm

@@ -25,7 +25,7 @@
 #include "nn/attention.h"
 #include "nn/kv_cache.h"
 
-namespace moe::models {
+namespace moe::lm {
 
 struct LmConfig {
     int64_t vocab_size = 256;
@@ -71,7 +71,7 @@ class TransformerLM {
     // expert_parallel (optional, size > 1): the MoE layers spread their experts over its
     // ranks (MoeLayer::set_expert_parallel); every rank must then call forward, backward
     // and after_step together. Parameters other than experts are replicated.
-    TransformerLM(const LmConfig& cfg, int64_t max_batch, dist::Comm* expert_parallel = nullptr);
+    TransformerLM(const LmConfig& cfg, int64_t max_batch, comm::Comm* expert_parallel = nullptr);
 
     // Normal(0, init_std) matrices, ones for norm gains; the two projections that write
     // into the residual stream (attn.wo, ffn.w2) get std / sqrt(2 * n_layers), so the
@@ -149,4 +149,4 @@ class TransformerLM {
     double loss_share_ = 1.0;
 };
 
-}  // namespace moe::models
+}  // namespace moe::lm

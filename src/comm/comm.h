@@ -19,7 +19,7 @@
 
 #include "core/timer.h"
 
-namespace moe::dist {
+namespace moe::comm {
 
 // Bytes sent to other ranks (a rank's data to itself is not counted) and seconds spent
 // inside operations, since construction or the last reset().
@@ -101,4 +101,4 @@ std::unique_ptr<Comm> make_mpi_comm();
 // make_mpi_comm() under mpirun, otherwise make_single_process_comm().
 std::unique_ptr<Comm> make_world_comm();
 
-}  // namespace moe::dist
+}  // namespace moe::comm

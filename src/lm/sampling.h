@@ -6,7 +6,7 @@
 
 #include "core/rng.h"
 
-namespace moe::models {
+namespace moe::lm {
 
 struct SamplingOptions {
     double temperature = 0.8;  // 0: always the most likely token (greedy)
@@ -19,4 +19,4 @@ struct SamplingOptions {
 int32_t sample_token(const float* logits, int64_t V, const SamplingOptions& opt, Rng& rng,
                      std::vector<std::pair<float, int32_t>>& work);
 
-}  // namespace moe::models
+}  // namespace moe::lm
