@@ -11,7 +11,7 @@
 //
 // Training. Tokens are uniform random (Rng(1234)), the same batch every step; targets are the
 // inputs shifted by one.
-// A step is what src/train/lm_trainer.cpp does: grads.zero, forward (training, a seed per
+// A step is what src/lm/lm_trainer.cpp does: grads.zero, forward (training, a seed per
 // step), backward, clip_grad_norm(1.0), AdamW step (constant lr 3e-4), after_step. --warmup steps
 // (default 2: first touch of every buffer, oneDNN's kernel selection) are not timed; then --steps
 // (default 5) are timed one by one. tokens_per_s = B*T / median step time.
@@ -232,7 +232,7 @@ struct GemmMix {
     }
 };
 
-// ---- One training step, as src/train/lm_trainer.cpp runs it ------------------------------
+// ---- One training step, as src/lm/lm_trainer.cpp runs it ------------------------------
 
 // The forward options of training step `step` (no domain labels: softmax_topk ignores them).
 moe::lm::ForwardOptions training_options(int64_t step) {

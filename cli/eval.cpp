@@ -7,8 +7,8 @@
 #include "cli/commands.h"
 #include "core/threads.h"
 #include "lm/lm_dataset.h"
-#include "train/lm_analysis.h"
-#include "train/lm_checkpoint.h"
+#include "lm/lm_analysis.h"
+#include "lm/lm_checkpoint.h"
 
 namespace moe::cli {
 
@@ -38,13 +38,13 @@ int run_eval(int argc, char** argv) {
     const int64_t batch = a.get_int("--batch", 8), windows = a.get_int("--windows", 16);
     if (batch < 1 || windows < 1) throw UsageError("--batch and --windows must be >= 1");
 
-    train::LoadedLm lm = train::load_lm(a.positional[0], batch);
+    lm::LoadedLm lm = lm::load_lm(a.positional[0], batch);
     std::string data_path = a.get("--data", lm.cfg.data.path);
     if (data_path.empty()) data_path = lm::kDefaultCorpus;
     const auto corpus = lm::TextCorpus::load(data_path, lm.cfg.data.val_fraction);
     const auto ds = lm::LmDataset::build(corpus, lm.tokenizer);
-    const train::LmAnalysis r =
-        train::analyze_lm(*lm.model, ds, windows, batch, a.flags.count("--route-by-label") > 0);
+    const lm::LmAnalysis r =
+        lm::analyze_lm(*lm.model, ds, windows, batch, a.flags.count("--route-by-label") > 0);
 
     if (a.flags.count("--json")) {
         nlohmann::json j = {{"checkpoint", lm.path},

@@ -7,7 +7,7 @@
 #include "core/threads.h"
 #include "core/timer.h"
 #include "lm/sampling.h"
-#include "train/lm_checkpoint.h"
+#include "lm/lm_checkpoint.h"
 
 namespace moe::cli {
 
@@ -44,7 +44,7 @@ int run_generate(int argc, char** argv) {
     if (max_new < 0) throw UsageError("--max-tokens must be >= 0");
     Rng rng(uint64_t(a.get_int("--seed", 1)));
 
-    train::LoadedLm lm = train::load_lm(a.positional[0], 1);
+    lm::LoadedLm lm = lm::load_lm(a.positional[0], 1);
     const std::string prompt = a.get("--prompt", "");
     std::vector<int32_t> ids = lm.tokenizer.encode(prompt);
     if (ids.empty()) ids.push_back(int32_t('\n'));  // start from a line break

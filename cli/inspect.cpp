@@ -10,8 +10,8 @@
 #include "core/threads.h"
 #include "lm/lm_dataset.h"
 #include "io/heatmap.h"
-#include "train/lm_analysis.h"
-#include "train/lm_checkpoint.h"
+#include "lm/lm_analysis.h"
+#include "lm/lm_checkpoint.h"
 
 namespace moe::cli {
 
@@ -41,14 +41,14 @@ int run_inspect(int argc, char** argv) {
     const int64_t batch = a.get_int("--batch", 8), windows = a.get_int("--windows", 8);
     if (batch < 1 || windows < 1) throw UsageError("--batch and --windows must be >= 1");
 
-    train::LoadedLm lm = train::load_lm(a.positional[0], batch);
+    lm::LoadedLm lm = lm::load_lm(a.positional[0], batch);
     MOE_REQUIRE(lm.cfg.model.ffn == "moe", lm.path,
                 ": a dense model (model.ffn = \"dense\") has no routing to inspect");
     std::string data_path = a.get("--data", lm.cfg.data.path);
     if (data_path.empty()) data_path = lm::kDefaultCorpus;
     const auto corpus = lm::TextCorpus::load(data_path, lm.cfg.data.val_fraction);
     const auto ds = lm::LmDataset::build(corpus, lm.tokenizer);
-    const train::LmAnalysis r = train::analyze_lm(*lm.model, ds, windows, batch);
+    const lm::LmAnalysis r = lm::analyze_lm(*lm.model, ds, windows, batch);
     const int64_t E = lm.cfg.model.moe.n_experts;
 
     std::printf("%s (step %ld): %ld experts, top-%ld, router %s, %zu MoE layers\n\n",

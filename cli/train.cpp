@@ -9,7 +9,7 @@
 #include "cli/commands.h"
 #include "core/check.h"
 #include "comm/comm.h"
-#include "train/lm_trainer.h"
+#include "lm/lm_trainer.h"
 
 namespace moe::cli {
 
@@ -96,11 +96,11 @@ int run_train(int argc, char** argv) {
                                               : train::StartMode::fresh;
     io::Config cfg = io::Config::from_file(path);
     for (const auto& s : sets) cfg.set(s);
-    const train::LmTrainConfig c = train::read_lm_train_config(cfg);
+    const lm::LmTrainConfig c = lm::read_lm_train_config(cfg);
     // Under mpirun: every rank runs this; MPI starts here, after the arguments checked out.
     const std::unique_ptr<comm::Comm> comm = comm::make_world_comm();
     try {
-        const train::TrainResult r = train::train_lm(c, mode, {}, comm.get());
+        const train::TrainResult r = lm::train_lm(c, mode, {}, comm.get());
         return comm->rank() == 0 ? report(r) : (r.interrupted ? 130 : 0);
     } catch (const std::exception& e) {
         if (comm->size() == 1) throw;
@@ -134,9 +134,9 @@ int run_demo(int argc, char** argv) {
             return 2;
         }
     }
-    const train::LmTrainConfig c = train::read_lm_train_config(cfg);
+    const lm::LmTrainConfig c = lm::read_lm_train_config(cfg);
     // The demo is meant to be run again and again: it replaces its own earlier run.
-    const train::TrainResult r = train::train_lm(c, train::StartMode::overwrite);
+    const train::TrainResult r = lm::train_lm(c, train::StartMode::overwrite);
     if (r.interrupted) return report(r);
     std::printf("\ndemo: training loss %.3f -> %.3f, validation loss %.3f (perplexity %.1f)\n",
                 r.first_loss, r.last_loss, r.val_loss, std::exp(r.val_loss));

@@ -1,5 +1,5 @@
 // libFuzzer harness: the BPE tokenizer as a checkpoint's "tokenizer" metadata string loads
-// it (lm::BpeTokenizer::from_json, called by train::load_lm and on --resume), then used.
+// it (lm::BpeTokenizer::from_json, called by lm::load_lm and on --resume), then used.
 //
 // The input is the metadata string. Bad input must end in moe::Error; any other exception
 // escaping (std::terminate, reported as a crash), a sanitizer report, a leak or a hang is a

@@ -1,6 +1,6 @@
 // libFuzzer harness: a training config file with --set overrides, read as `moe train` reads
 // it: io::Config::from_file, Config::set for each override, then
-// train::read_lm_train_config.
+// lm::read_lm_train_config.
 //
 // Input layout: the config file's text, then any number of overrides, each introduced by
 // "\n--set " (as if given on the command line) and running to the next one or the end:
@@ -34,7 +34,7 @@
 #include "io/config.h"
 #include "io/json_text.h"
 #include "memory_file.h"
-#include "train/lm_train_config.h"
+#include "lm/lm_train_config.h"
 
 namespace {
 
@@ -71,19 +71,19 @@ int depth_of(const nlohmann::json& doc) {
     return deepest;
 }
 
-void check_round_trip(const moe::train::LmTrainConfig& cfg) {
+void check_round_trip(const moe::lm::LmTrainConfig& cfg) {
     // What lm_trainer stores in the checkpoint's "config" metadata. A throw here escapes:
     // the config was accepted, so failing to save it is a finding, whatever the type.
-    const std::string saved = moe::train::to_json(cfg).dump();
-    moe::train::LmTrainConfig again;
+    const std::string saved = moe::lm::to_json(cfg).dump();
+    moe::lm::LmTrainConfig again;
     try {
-        again = moe::train::lm_train_config_from_json(saved, "round trip");
+        again = moe::lm::lm_train_config_from_json(saved, "round trip");
     } catch (const moe::Error& e) {
         std::fprintf(stderr, "accepted config does not load back from its checkpoint form: %s\n",
                      e.what());
         FUZZ_CHECK(false, "round trip through to_json rejected");
     }
-    FUZZ_CHECK(moe::train::to_json(again) == moe::train::to_json(cfg),
+    FUZZ_CHECK(moe::lm::to_json(again) == moe::lm::to_json(cfg),
                "round trip through to_json changed the config");
 }
 
@@ -94,7 +94,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const Split in = split_input(std::string_view(reinterpret_cast<const char*>(data), size));
     const std::string& path =
         file.write(reinterpret_cast<const uint8_t*>(in.config_text.data()), in.config_text.size());
-    moe::train::LmTrainConfig cfg;
+    moe::lm::LmTrainConfig cfg;
     try {
         moe::io::Config c = moe::io::Config::from_file(path);
         for (const std::string& o : in.overrides) c.set(o);
@@ -102,7 +102,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
             std::fprintf(stderr, "config nested %d levels deep\n", depth_of(c.doc()));
             FUZZ_CHECK(false, "a config deeper than twice io::kMaxJsonDepth was accepted");
         }
-        cfg = moe::train::read_lm_train_config(c);
+        cfg = moe::lm::read_lm_train_config(c);
     } catch (const moe::Error&) {
         return 0;  // rejected with a message: the expected outcome for bad input
     }

@@ -8,7 +8,7 @@
 
 #include "io/safetensors.h"
 #include "test_support.h"
-#include "train/lm_trainer.h"
+#include "lm/lm_trainer.h"
 
 namespace moe {
 namespace {
@@ -51,7 +51,7 @@ struct TempRun {
     }
 };
 
-std::vector<double> run_and_record(const train::LmTrainConfig& cfg, train::StartMode mode,
+std::vector<double> run_and_record(const lm::LmTrainConfig& cfg, train::StartMode mode,
                                    int64_t stop_at, train::TrainResult* result = nullptr) {
     std::vector<double> losses;
     train::TrainHooks hooks;
@@ -59,7 +59,7 @@ std::vector<double> run_and_record(const train::LmTrainConfig& cfg, train::Start
         losses.push_back(loss);
         return step != stop_at;
     };
-    const auto r = train::train_lm(cfg, mode, hooks);
+    const auto r = lm::train_lm(cfg, mode, hooks);
     if (result) *result = r;
     return losses;
 }
@@ -67,7 +67,7 @@ std::vector<double> run_and_record(const train::LmTrainConfig& cfg, train::Start
 TEST(TrainLm, ResumeReproducesTheUninterruptedRunExactly) {
     TempRun run;
     auto c = run.config();
-    const auto cfg = train::read_lm_train_config(c);
+    const auto cfg = lm::read_lm_train_config(c);
     const auto full = run_and_record(cfg, train::StartMode::fresh, -1);
     ASSERT_EQ(full.size(), 6u);
 
@@ -87,7 +87,7 @@ TEST(TrainLm, ResumeReproducesTheUninterruptedRunExactly) {
 TEST(TrainLm, LossFallsOnRepetitiveText) {
     TempRun run;
     auto c = run.config("train.steps=40");
-    const auto losses = run_and_record(train::read_lm_train_config(c), train::StartMode::fresh, -1);
+    const auto losses = run_and_record(lm::read_lm_train_config(c), train::StartMode::fresh, -1);
     ASSERT_EQ(losses.size(), 40u);
     EXPECT_LT(losses.back(), losses.front() - 1.0) << losses.front() << " -> " << losses.back();
 }
@@ -95,8 +95,8 @@ TEST(TrainLm, LossFallsOnRepetitiveText) {
 TEST(TrainLm, CheckpointHoldsNamedTensorsAndConfig) {
     TempRun run;
     auto c = run.config("train.steps=2");
-    const auto cfg = train::read_lm_train_config(c);
-    train::train_lm(cfg, train::StartMode::fresh);
+    const auto cfg = lm::read_lm_train_config(c);
+    lm::train_lm(cfg, train::StartMode::fresh);
     io::SafetensorsFile f(train::checkpoint_path(cfg.out_dir));
     EXPECT_TRUE(f.contains("layers.0.attn.wq"));
     EXPECT_TRUE(f.contains("optim.m.layers.0.ffn.w1"));
@@ -117,25 +117,25 @@ TEST(TrainLm, ConfigErrorsNameTheKey) {
     expect_error_mentions(
         [&] {
             auto c = run.config("train.stepz=3");
-            train::read_lm_train_config(c);
+            lm::read_lm_train_config(c);
         },
         "train.stepz");
     expect_error_mentions(
         [&] {
             auto c = run.config("train.steps=ten");
-            train::read_lm_train_config(c);
+            lm::read_lm_train_config(c);
         },
         "train.steps");
     expect_error_mentions(
         [&] {
             auto c = run.config("train.lr=-1");
-            train::read_lm_train_config(c);
+            lm::read_lm_train_config(c);
         },
         "train.lr");
     expect_error_mentions(
         [&] {
             auto c = run.config("model.n_heads=3");
-            train::read_lm_train_config(c);
+            lm::read_lm_train_config(c);
         },
         "model.n_heads");
     expect_error_mentions([] { io::Config c("{\"train\": ", "broken.json"); }, "broken.json");
@@ -146,12 +146,12 @@ TEST(TrainLm, ConfigErrorsNameTheKey) {
 TEST(TrainLm, DataAndResumeErrorsNameThePath) {
     TempRun run;
     auto c = run.config("data.path=/nonexistent/corpus");
-    const auto bad_data = train::read_lm_train_config(c);
-    expect_error_mentions([&] { train::train_lm(bad_data, train::StartMode::fresh); },
+    const auto bad_data = lm::read_lm_train_config(c);
+    expect_error_mentions([&] { lm::train_lm(bad_data, train::StartMode::fresh); },
                           "/nonexistent/corpus");
     auto c2 = run.config();
-    const auto cfg = train::read_lm_train_config(c2);
-    expect_error_mentions([&] { train::train_lm(cfg, train::StartMode::resume); },
+    const auto cfg = lm::read_lm_train_config(c2);
+    expect_error_mentions([&] { lm::train_lm(cfg, train::StartMode::resume); },
                           "checkpoint.safetensors");
 }
 

@@ -1,4 +1,4 @@
-#include "train/lm_checkpoint.h"
+#include "lm/lm_checkpoint.h"
 
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -8,9 +8,9 @@
 #include "io/safetensors.h"
 #include "lm/lm_memory.h"
 #include "train/checkpoint.h"
-#include "train/lm_trainer.h"
+#include "train/trainer.h"
 
-namespace moe::train {
+namespace moe::lm {
 
 namespace {
 
@@ -54,7 +54,7 @@ void check_config_against_tensors(const io::SafetensorsFile& f, const lm::LmConf
 
 LoadedLm load_lm(const std::string& path, int64_t max_batch) {
     LoadedLm lm;
-    lm.path = std::filesystem::is_directory(path) ? checkpoint_path(path) : path;
+    lm.path = std::filesystem::is_directory(path) ? train::checkpoint_path(path) : path;
     // Kept open through the checks below: the file is mapped once for the metadata, the
     // tensor table and the load.
     const io::SafetensorsFile f(lm.path);
@@ -82,8 +82,8 @@ LoadedLm load_lm(const std::string& path, int64_t max_batch) {
     check_config_against_tensors(f, lm.cfg.model);
     lm::require_lm_memory(lm.cfg.model, max_batch, /*training=*/false, lm.path);
     lm.model = std::make_unique<lm::TransformerLM>(lm.cfg.model, max_batch);
-    load_checkpoint(lm.path, {{"", &lm.model->params()}}, {"optim."});
+    train::load_checkpoint(lm.path, {{"", &lm.model->params()}}, {"optim."});
     return lm;
 }
 
-}  // namespace moe::train
+}  // namespace moe::lm

@@ -9,7 +9,7 @@
 #include "lm/lm_dataset.h"
 #include "lm/transformer_lm.h"
 
-namespace moe::train {
+namespace moe::lm {
 
 struct DomainResult {
     std::string domain;
@@ -33,7 +33,7 @@ struct LmAnalysis {
 // assigned router routes by its gate and is scored against the true domain).
 // route_by_label: the assigned router routes every token by its true domain, as in
 // training (an oracle gate), which separates the experts' quality from the gate's accuracy.
-LmAnalysis analyze_lm(lm::TransformerLM& model, const lm::LmDataset& ds,
-                      int64_t windows_per_domain, int64_t batch, bool route_by_label = false);
+LmAnalysis analyze_lm(lm::TransformerLM& model, const lm::LmDataset& ds, int64_t windows_per_domain,
+                      int64_t batch, bool route_by_label = false);
 
-}  // namespace moe::train
+}  // namespace moe::lm

@@ -8,10 +8,10 @@
 #include <vector>
 
 #include "lm/bpe_tokenizer.h"
+#include "lm/lm_train_config.h"
 #include "lm/transformer_lm.h"
-#include "train/lm_train_config.h"
 
-namespace moe::train {
+namespace moe::lm {
 
 struct LoadedLm {
     std::string path;  // the checkpoint file
@@ -27,4 +27,4 @@ struct LoadedLm {
 // Errors name the file and what is missing or inconsistent.
 LoadedLm load_lm(const std::string& path, int64_t max_batch);
 
-}  // namespace moe::train
+}  // namespace moe::lm

@@ -1,4 +1,4 @@
-// Settings of a language-model training run, read from a JSON config file.
+// The "train" section of a config: the Trainer's settings, shared by every model family.
 // Every key, its default and meaning is listed in docs/config.md.
 #pragma once
 
@@ -7,7 +7,6 @@
 #include <string>
 
 #include "io/config.h"
-#include "lm/transformer_lm.h"
 
 namespace moe::train {
 
@@ -25,7 +24,7 @@ struct TrainOptions {
     int64_t threads = 0;  // 0: all cores
     int64_t log_every = 10;
     int64_t eval_every = 100;      // 0: only at the end
-    int64_t eval_windows = 32;     // validation windows of seq_len tokens
+    int64_t eval_windows = 32;     // validation batches' worth of examples (LM: windows)
     int64_t checkpoint_every = 0;  // 0: only at the end (and on Ctrl-C)
     bool tensorboard = true;       // event files in out_dir for TensorBoard
     // Sum gradients over the batch in 2^k canonical row groups (kernels/grouped_reduce.h),
@@ -33,23 +32,11 @@ struct TrainOptions {
     int64_t reduction_groups = 1;
 };
 
-struct DataOptions {
-    std::string path;  // empty: the fortunes corpus
-    double val_fraction = 0.1;
-};
-
-struct LmTrainConfig {
-    lm::LmConfig model;
-    TrainOptions train;
-    DataOptions data;
-    std::string out_dir = "runs/lm";
-};
-
-// Reads every section from `cfg` and rejects unknown keys and bad values, naming them.
-LmTrainConfig read_lm_train_config(io::Config& cfg);
-// The same from the "config" metadata of a checkpoint (to_json's output).
-LmTrainConfig lm_train_config_from_json(const std::string& json, const std::string& source);
-// The full config with every default filled in (saved with checkpoints).
-nlohmann::json to_json(const LmTrainConfig& c);
+// Reads the train.* keys of `cfg` (the caller reads its own sections, calls cfg.finish(),
+// then check_train_options, so that a misspelt key is reported before a bad value).
+TrainOptions read_train_options(io::Config& cfg);
+// Errors name `source` (the config file) and the key.
+void check_train_options(const TrainOptions& t, const std::string& source);
+nlohmann::json to_json(const TrainOptions& t);
 
 }  // namespace moe::train

@@ -1,10 +1,10 @@
-#include "train/lm_analysis.h"
+#include "lm/lm_analysis.h"
 
 #include <algorithm>
 
 #include "core/check.h"
 
-namespace moe::train {
+namespace moe::lm {
 
 namespace {
 
@@ -22,8 +22,8 @@ void count_usage(const lm::TransformerLM& model, LmAnalysis& a, int64_t domain) 
 
 }  // namespace
 
-LmAnalysis analyze_lm(lm::TransformerLM& model, const lm::LmDataset& ds,
-                      int64_t windows_per_domain, int64_t batch, bool route_by_label) {
+LmAnalysis analyze_lm(lm::TransformerLM& model, const lm::LmDataset& ds, int64_t windows_per_domain,
+                      int64_t batch, bool route_by_label) {
     MOE_CHECK(windows_per_domain > 0 && batch > 0, "analyze_lm: windows and batch must be > 0");
     const auto& cfg = model.config();
     MOE_REQUIRE(!route_by_label || (cfg.ffn == "moe" && cfg.moe.router == "assigned"),
@@ -99,4 +99,4 @@ LmAnalysis analyze_lm(lm::TransformerLM& model, const lm::LmDataset& ds,
     return a;
 }
 
-}  // namespace moe::train
+}  // namespace moe::lm
