@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "core/profile.h"
 #include "core/rng.h"
 #include "kernels/elementwise.h"
 #include "kernels/norms.h"
@@ -197,21 +198,29 @@ double TransformerLM::forward(const int32_t* tokens, const int32_t* targets, int
     const nn::AttentionConfig ac = attn_config();
 
     int32_t* tok = acts_.get(tokens_id_).ptr<int32_t>();
-    std::memcpy(tok, tokens, size_t(N) * sizeof(int32_t));
-    if (targets) std::memcpy(acts_.get(targets_id_).ptr<int32_t>(), targets, size_t(N) * 4);
-
-    nn::embedding_forward(a(la_[0].x_in), tok, p(tok_emb_), N, V, C);
+    {
+        MOE_PROFILE_SCOPE("embedding");
+        std::memcpy(tok, tokens, size_t(N) * sizeof(int32_t));
+        if (targets) std::memcpy(acts_.get(targets_id_).ptr<int32_t>(), targets, size_t(N) * 4);
+        nn::embedding_forward(a(la_[0].x_in), tok, p(tok_emb_), N, V, C);
+    }
     router_loss_ = 0;
     for (size_t l = 0; l < la_.size(); ++l) {
+        // What the scopes below leave out: norms, residual adds (and the MoE layer's own
+        // unmarked bookkeeping, a few copies).
+        MOE_PROFILE_SCOPE("norms_residual");
         const LayerParams& P = lp_[l];
         const LayerActs& A = la_[l];
         float* x = a(A.x_in);
         float* x_mid = a(A.x_mid);
         float* x_out = l + 1 < la_.size() ? a(la_[l + 1].x_in) : a(x_final_);
         kernels::rmsnorm_forward(a(A.attn_norm_out), a(A.attn_rstd), x, p(P.attn_norm), N, C, eps);
-        const nn::AttentionSaved<float> saved{a(A.q), a(A.k), a(A.v), a(A.att), a(A.y)};
-        nn::attention_forward(x_mid, saved, a(A.attn_norm_out), p(P.wq), p(P.wk), p(P.wv), p(P.wo),
-                              B, T, ac);
+        {
+            MOE_PROFILE_SCOPE("attention_fwd");
+            const nn::AttentionSaved<float> saved{a(A.q), a(A.k), a(A.v), a(A.att), a(A.y)};
+            nn::attention_forward(x_mid, saved, a(A.attn_norm_out), p(P.wq), p(P.wk), p(P.wv),
+                                  p(P.wo), B, T, ac);
+        }
         kernels::add(x_mid, x_mid, x, N * C);
         kernels::rmsnorm_forward(a(A.ffn_norm_out), a(A.ffn_rstd), x_mid, p(P.ffn_norm), N, C, eps);
         if (moe_[l]) {
@@ -222,16 +231,24 @@ double TransformerLM::forward(const int32_t* tokens, const int32_t* targets, int
             extras.seed = opt.seed * 1000003ull + l;  // a different noise stream per layer
             router_loss_ += moe_[l]->forward(x_out, a(A.ffn_norm_out), N, extras);
         } else {
+            MOE_PROFILE_SCOPE("dense_ffn_fwd");
             nn::swiglu_mlp_forward(x_out, a(A.h1), a(A.h3), a(A.act), a(A.ffn_norm_out), p(P.w1),
                                    p(P.w3), p(P.w2), N, C, H);
         }
         kernels::add(x_out, x_out, x_mid, N * C);
     }
-    kernels::rmsnorm_forward(a(final_norm_out_), a(final_rstd_), a(x_final_), p(final_norm_), N, C,
-                             eps);
-    nn::linear_forward(logits_, a(final_norm_out_), p(lm_head_), static_cast<const float*>(nullptr),
-                       N, C, V);
+    {
+        MOE_PROFILE_SCOPE("norms_residual");
+        kernels::rmsnorm_forward(a(final_norm_out_), a(final_rstd_), a(x_final_), p(final_norm_), N,
+                                 C, eps);
+    }
+    {
+        MOE_PROFILE_SCOPE("lm_head_fwd");
+        nn::linear_forward(logits_, a(final_norm_out_), p(lm_head_),
+                           static_cast<const float*>(nullptr), N, C, V);
+    }
     if (!targets) return 0.0;
+    MOE_PROFILE_SCOPE("cross_entropy_fwd");
     return loss_share_ *
            nn::cross_entropy_forward(logits_, logits_, acts_.get(targets_id_).ptr<int32_t>(), N, V);
 }
@@ -246,17 +263,27 @@ void TransformerLM::backward() {
     float* d_norm = a(d_norm_);
     const size_t nc_bytes = size_t(N * C) * sizeof(float);
 
-    std::memset(d_logits, 0, size_t(N * V) * sizeof(float));
-    nn::cross_entropy_backward(d_logits, logits_, acts_.get(targets_id_).ptr<int32_t>(), N, V,
-                               float(loss_share_));
-    std::memset(d_norm, 0, nc_bytes);
-    nn::linear_backward(d_norm, g(lm_head_), static_cast<float*>(nullptr), d_logits,
-                        a(final_norm_out_), p(lm_head_), N, C, V);
-    std::memset(d_stream, 0, nc_bytes);
-    kernels::rmsnorm_backward(d_stream, g(final_norm_), d_norm, a(x_final_), p(final_norm_),
-                              a(final_rstd_), N, C);
+    {
+        MOE_PROFILE_SCOPE("cross_entropy_bwd");
+        std::memset(d_logits, 0, size_t(N * V) * sizeof(float));
+        nn::cross_entropy_backward(d_logits, logits_, acts_.get(targets_id_).ptr<int32_t>(), N, V,
+                                   float(loss_share_));
+    }
+    {
+        MOE_PROFILE_SCOPE("lm_head_bwd");
+        std::memset(d_norm, 0, nc_bytes);
+        nn::linear_backward(d_norm, g(lm_head_), static_cast<float*>(nullptr), d_logits,
+                            a(final_norm_out_), p(lm_head_), N, C, V);
+    }
+    {
+        MOE_PROFILE_SCOPE("norms_residual");
+        std::memset(d_stream, 0, nc_bytes);
+        kernels::rmsnorm_backward(d_stream, g(final_norm_), d_norm, a(x_final_), p(final_norm_),
+                                  a(final_rstd_), N, C);
+    }
 
     for (size_t l = la_.size(); l-- > 0;) {
+        MOE_PROFILE_SCOPE("norms_residual");  // what the scopes below leave out
         const LayerParams& P = lp_[l];
         const LayerActs& A = la_[l];
         // Feed-forward branch: d_stream holds d/d(x_out) and gains the branch's d/d(x_mid).
@@ -264,6 +291,7 @@ void TransformerLM::backward() {
         if (moe_[l]) {
             moe_[l]->backward(d_stream, d_norm);  // also the router losses' gradients
         } else {
+            MOE_PROFILE_SCOPE("dense_ffn_bwd");
             nn::swiglu_mlp_backward(d_norm, g(P.w1), g(P.w3), g(P.w2), a(scratch_), d_stream,
                                     a(A.ffn_norm_out), a(A.h1), a(A.h3), a(A.act), p(P.w1), p(P.w3),
                                     p(P.w2), N, C, H);
@@ -272,13 +300,17 @@ void TransformerLM::backward() {
                                   a(A.ffn_rstd), N, C);
         // Attention branch: d_stream now holds d/d(x_mid) and gains d/d(x_in).
         std::memset(d_norm, 0, nc_bytes);
-        const nn::AttentionSaved<float> saved{a(A.q), a(A.k), a(A.v), a(A.att), a(A.y)};
-        nn::attention_backward(d_norm, g(P.wq), g(P.wk), g(P.wv), g(P.wo), a(scratch_), d_stream,
-                               saved, a(A.attn_norm_out), p(P.wq), p(P.wk), p(P.wv), p(P.wo), B, T,
-                               ac);
+        {
+            MOE_PROFILE_SCOPE("attention_bwd");
+            const nn::AttentionSaved<float> saved{a(A.q), a(A.k), a(A.v), a(A.att), a(A.y)};
+            nn::attention_backward(d_norm, g(P.wq), g(P.wk), g(P.wv), g(P.wo), a(scratch_),
+                                   d_stream, saved, a(A.attn_norm_out), p(P.wq), p(P.wk), p(P.wv),
+                                   p(P.wo), B, T, ac);
+        }
         kernels::rmsnorm_backward(d_stream, g(P.attn_norm), d_norm, a(A.x_in), p(P.attn_norm),
                                   a(A.attn_rstd), N, C);
     }
+    MOE_PROFILE_SCOPE("embedding");
     nn::embedding_backward(g(tok_emb_), d_stream, tok, N, V, C);
 }
 

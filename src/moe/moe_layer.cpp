@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "core/check.h"
+#include "core/profile.h"
 #include "moe/dispatch.h"
 #include "moe/soft_moe.h"
 #include "nn/mlp.h"
@@ -235,7 +236,10 @@ double MoeLayer<R>::forward(R* out, const R* x, int64_t T, const RouterInput<R>&
     in_.x = x;
     in_.T = T;
     if (soft_) {  // Soft MoE branch: each expert runs on its slots; no router losses.
-        soft_->forward(out, x, T);
+        {
+            MOE_PROFILE_SCOPE("soft_moe_fwd");
+            soft_->forward(out, x, T);
+        }
         if (S_ > 0) shared_forward(out, x, T);
         losses_ = RouterLosses{};
         const int64_t groups = soft_->seq_len() > 0 ? T / soft_->seq_len() : 1;
@@ -251,24 +255,44 @@ double MoeLayer<R>::forward(R* out, const R* x, int64_t T, const RouterInput<R>&
         have_forward_ = true;
         return 0;
     }
-    router_->forward(in_, plan_, losses_);
+    {
+        MOE_PROFILE_SCOPE("router_fwd");
+        router_->forward(in_, plan_, losses_);
+    }
     MOE_CHECK(plan_.T == T && plan_.E == cfg_.n_experts && plan_.rows() <= plan_.max_rows,
               "MoeLayer::forward: router ", router_->name(), " built a plan for T=", plan_.T,
               " E=", plan_.E, " rows=", plan_.rows(), " (expected T=", T, " E=", cfg_.n_experts,
               " rows <= ", plan_.max_rows, ")");
-    dispatch_forward(xs_, x, plan_, d_);
+    {
+        MOE_PROFILE_SCOPE("dispatch_fwd");
+        dispatch_forward(xs_, x, plan_, d_);
+    }
     if (exchange_) {
         // Expert parallelism: the rows go to their experts' ranks, run, and come back.
-        exchange_->exchange_counts(plan_.offsets);
-        exchange_->to_owners(oxs_, xs_);
-        experts_->forward(oys_, oxs_, exchange_->owner_offsets());
+        {
+            MOE_PROFILE_SCOPE("exchange_fwd");
+            exchange_->exchange_counts(plan_.offsets);
+            exchange_->to_owners(oxs_, xs_);
+        }
+        {
+            MOE_PROFILE_SCOPE("experts_fwd");
+            experts_->forward(oys_, oxs_, exchange_->owner_offsets());
+        }
+        MOE_PROFILE_SCOPE("exchange_fwd");
         exchange_->to_home(ys_, oys_);
     } else {
+        MOE_PROFILE_SCOPE("experts_fwd");
         experts_->forward(ys_, xs_, plan_.offsets);
     }
-    combine_forward(out, ys_, plan_, d_);
+    {
+        MOE_PROFILE_SCOPE("combine_fwd");
+        combine_forward(out, ys_, plan_, d_);
+    }
     if (S_ > 0) shared_forward(out, x, T);
-    update_stats(stats_, plan_, router_->probs(), losses_, group_);
+    {
+        MOE_PROFILE_SCOPE("moe_stats");
+        update_stats(stats_, plan_, router_->probs(), losses_, group_);
+    }
     have_forward_ = true;
     return losses_.weighted_total;
 }
@@ -278,24 +302,44 @@ void MoeLayer<R>::backward(const R* d_out, R* d_x) {
     // d_out: [T, d]; d_x: [T, d] accumulated
     MOE_CHECK(have_forward_, "MoeLayer::backward without a forward");
     if (soft_) {  // Soft MoE branch
-        soft_->backward(d_out, d_x);
+        {
+            MOE_PROFILE_SCOPE("soft_moe_bwd");
+            soft_->backward(d_out, d_x);
+        }
         if (S_ > 0) shared_backward(d_out, d_x, in_.T);
         return;
     }
     const int64_t rows = plan_.rows();
-    combine_backward(d_ys_, d_row_weight_, d_out, ys_, plan_, d_);
+    {
+        MOE_PROFILE_SCOPE("combine_bwd");
+        combine_backward(d_ys_, d_row_weight_, d_out, ys_, plan_, d_);
+    }
     if (exchange_) {
         // The mirror of forward: output gradients to the experts' ranks, input gradients back.
-        exchange_->to_owners(od_ys_, d_ys_);
-        zero(od_xs_, exchange_->owner_rows() * d_);
-        experts_->backward(od_xs_, od_ys_, oxs_, exchange_->owner_offsets());
+        {
+            MOE_PROFILE_SCOPE("exchange_bwd");
+            exchange_->to_owners(od_ys_, d_ys_);
+        }
+        {
+            MOE_PROFILE_SCOPE("experts_bwd");
+            zero(od_xs_, exchange_->owner_rows() * d_);
+            experts_->backward(od_xs_, od_ys_, oxs_, exchange_->owner_offsets());
+        }
+        MOE_PROFILE_SCOPE("exchange_bwd");
         exchange_->to_home(d_xs_, od_xs_);
     } else {
+        MOE_PROFILE_SCOPE("experts_bwd");
         zero(d_xs_, rows * d_);
         experts_->backward(d_xs_, d_ys_, xs_, plan_.offsets);
     }
-    dispatch_backward(d_x, d_xs_, plan_, d_);
-    router_->backward(in_, plan_, d_row_weight_, d_x);
+    {
+        MOE_PROFILE_SCOPE("dispatch_bwd");
+        dispatch_backward(d_x, d_xs_, plan_, d_);
+    }
+    {
+        MOE_PROFILE_SCOPE("router_bwd");
+        router_->backward(in_, plan_, d_row_weight_, d_x);
+    }
     if (S_ > 0) shared_backward(d_out, d_x, in_.T);
 }
 
@@ -307,6 +351,7 @@ void MoeLayer<R>::after_step() {
 template <class R>
 void MoeLayer<R>::shared_forward(R* out, const R* x, int64_t T) {
     // out: [T, d] += g * sum_s shared_s(x); x: [T, d]
+    MOE_PROFILE_SCOPE("shared_experts_fwd");
     const int64_t wsz = Hs_ * d_, bsz = max_tokens_ * Hs_;
     for (int64_t s = 0; s < S_; ++s) {
         R* o = s == 0 ? sout_ : stmp_;
@@ -331,6 +376,7 @@ void MoeLayer<R>::shared_forward(R* out, const R* x, int64_t T) {
 template <class R>
 void MoeLayer<R>::shared_backward(const R* d_out, R* d_x, int64_t T) {
     // d_out: [T, d]; d_x: [T, d] accumulated
+    MOE_PROFILE_SCOPE("shared_experts_bwd");
     const R* d_sh = d_out;
     if (cfg_.shared_gate) {
         // out += g * s, g = sigmoid(z), z = x . w:  ds = g d_out, dz = (d_out . s) g (1 - g),
