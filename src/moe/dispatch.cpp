@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "core/check.h"
+#include "core/parallel_for.h"
 
 namespace moe::sparse {
 
@@ -27,9 +28,9 @@ void dispatch_forward(R* xs, const R* x, const RoutingPlan<R>& plan, int64_t d) 
     // xs: [rows, d], x: [T, d]
     check_plan(plan, d, "dispatch_forward");
     const int64_t rows = plan.rows();
-#pragma omp parallel for schedule(static) if (rows * d >= kParallelMin)
-    for (int64_t r = 0; r < rows; ++r)
+    parallel_for(rows, rows * d >= kParallelMin, [&](int64_t r) {
         std::memcpy(xs + r * d, x + int64_t(plan.row_token[r]) * d, size_t(d) * sizeof(R));
+    });
 }
 
 template <class R>
@@ -37,15 +38,14 @@ void dispatch_backward(R* d_x, const R* d_xs, const RoutingPlan<R>& plan, int64_
     // d_x: [T, d] accumulated, d_xs: [rows, d]
     check_plan(plan, d, "dispatch_backward");
     const int64_t T = plan.T;
-#pragma omp parallel for schedule(static) if (plan.rows() * d >= kParallelMin)
-    for (int64_t t = 0; t < T; ++t) {
+    parallel_for(T, plan.rows() * d >= kParallelMin, [&](int64_t t) {
         R* dst = d_x + t * d;
         for (int64_t i = plan.token_offsets[t]; i < plan.token_offsets[t + 1]; ++i) {
             const R* src = d_xs + int64_t(plan.token_rows[i]) * d;
 #pragma omp simd
             for (int64_t j = 0; j < d; ++j) dst[j] += src[j];
         }
-    }
+    });
 }
 
 template <class R>
@@ -53,13 +53,12 @@ void combine_forward(R* out, const R* ys, const RoutingPlan<R>& plan, int64_t d)
     // out: [T, d] written, ys: [rows, d]
     check_plan(plan, d, "combine_forward");
     const int64_t T = plan.T;
-#pragma omp parallel for schedule(static) if (T * d >= kParallelMin)
-    for (int64_t t = 0; t < T; ++t) {
+    parallel_for(T, T * d >= kParallelMin, [&](int64_t t) {
         R* dst = out + t * d;
         const int64_t begin = plan.token_offsets[t], end = plan.token_offsets[t + 1];
         if (begin == end) {
             std::fill(dst, dst + d, R(0));
-            continue;
+            return;
         }
         // The first row writes, the others add: one pass less than zero-then-add.
         {
@@ -76,7 +75,7 @@ void combine_forward(R* out, const R* ys, const RoutingPlan<R>& plan, int64_t d)
 #pragma omp simd
             for (int64_t j = 0; j < d; ++j) dst[j] += w * src[j];
         }
-    }
+    });
 }
 
 template <class R>
@@ -86,8 +85,7 @@ void combine_backward(R* d_ys, R* d_row_weight, const R* d_out, const R* ys,
     // ys: [rows, d]
     check_plan(plan, d, "combine_backward");
     const int64_t rows = plan.rows();
-#pragma omp parallel for schedule(static) if (rows * d >= kParallelMin)
-    for (int64_t r = 0; r < rows; ++r) {
+    parallel_for(rows, rows * d >= kParallelMin, [&](int64_t r) {
         const R* g = d_out + int64_t(plan.row_token[r]) * d;
         const R* y = ys + r * d;
         R* dy = d_ys + r * d;
@@ -99,7 +97,7 @@ void combine_backward(R* d_ys, R* d_row_weight, const R* d_out, const R* ys,
             acc += g[j] * y[j];
         }
         if (d_row_weight) d_row_weight[r] = acc;
-    }
+    });
 }
 
 #define MOE_INSTANTIATE(R)                                                            \

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/check.h"
+#include "core/parallel_for.h"
 #include "kernels/grouped_reduce.h"
 #include "nn/mlp.h"
 
@@ -153,8 +154,7 @@ void ExpertBank<R>::for_each_expert(const int64_t* offsets, const Body& body) {
             if (offsets[e + 1] > offsets[e]) body(e);
         return;
     }
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int64_t i = 0; i < n; ++i) body(order_[size_t(i)]);
+    parallel_for_dynamic(n, true, [&](int64_t i) { body(order_[size_t(i)]); });
 }
 
 template <class R>

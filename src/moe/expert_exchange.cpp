@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "core/check.h"
+#include "core/parallel_for.h"
 
 namespace moe::sparse {
 
@@ -79,11 +80,10 @@ template <class R>
 void ExpertExchange<R>::reorder(R* owner, R* staging, bool to_owner) const {
     // owner: [owner_rows, d]; staging: [owner_rows, d] (rank-major)
     const int64_t blocks = R_ * El_;
-#pragma omp parallel for schedule(dynamic) if (owner_rows() * d_ >= 65536)
-    for (int64_t b = 0; b < blocks; ++b) {
+    parallel_for_dynamic(blocks, owner_rows() * d_ >= 65536, [&](int64_t b) {
         const int64_t p = b / El_, j = b % El_;
         const int64_t n = recv_counts_[size_t(b)];
-        if (n == 0) continue;
+        if (n == 0) return;
         int64_t s = staging_rows_[size_t(p)];
         for (int64_t jj = 0; jj < j; ++jj) s += recv_counts_[size_t(p * El_ + jj)];
         int64_t o = owner_offsets_[size_t(j)];
@@ -91,7 +91,7 @@ void ExpertExchange<R>::reorder(R* owner, R* staging, bool to_owner) const {
         R* dst = to_owner ? owner + o * d_ : staging + s * d_;
         const R* src = to_owner ? staging + s * d_ : owner + o * d_;
         std::memcpy(dst, src, size_t(n * d_) * sizeof(R));
-    }
+    });
 }
 
 template <class R>

@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "core/check.h"
+#include "core/parallel_for.h"
 #include "core/profile.h"
 #include "moe/dispatch.h"
 #include "moe/soft_moe.h"
@@ -22,9 +23,9 @@ template <class R>
 void zero(R* p, int64_t n) {
     const int64_t chunk = 16384;
     const int64_t chunks = (n + chunk - 1) / chunk;
-#pragma omp parallel for schedule(static) if (n >= kParallelMin)
-    for (int64_t c = 0; c < chunks; ++c)
+    parallel_for(chunks, n >= kParallelMin, [&](int64_t c) {
         std::fill(p + c * chunk, p + std::min(n, (c + 1) * chunk), R(0));
+    });
 }
 
 // Buffers used only inside one call: backward gradients (d_*) and scratch. The rest of the

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "core/check.h"
+#include "core/parallel_for.h"
 
 namespace moe::sparse {
 
@@ -15,8 +16,7 @@ double mean_row_entropy(const R* probs, int64_t T, int64_t E) {
     // on one core, so the loop is worth splitting.)
     constexpr int64_t kChunks = 64;
     double partial[kChunks] = {};
-#pragma omp parallel for schedule(static) if (T * E >= 65536)
-    for (int64_t c = 0; c < kChunks; ++c) {
+    parallel_for(kChunks, T * E >= 65536, [&](int64_t c) {
         const int64_t begin = T * c / kChunks, end = T * (c + 1) / kChunks;
         double h = 0;
         for (int64_t t = begin; t < end; ++t)
@@ -25,7 +25,7 @@ double mean_row_entropy(const R* probs, int64_t T, int64_t E) {
                 if (p > 0) h -= p * std::log(p);
             }
         partial[c] = h;
-    }
+    });
     double h = 0;
     for (double p : partial) h += p;
     return T > 0 ? h / double(T) : 0.0;

@@ -30,6 +30,7 @@
 #include <limits>
 
 #include "core/check.h"
+#include "core/parallel_for.h"
 #include "kernels/gemm.h"
 #include "kernels/grouped_reduce.h"
 #include "kernels/softmax.h"
@@ -83,8 +84,7 @@ void check_args(const char* op, int64_t B, int64_t T, const AttentionConfig& cfg
 // another (not inside a parallel region) and the block is big enough to pay for the team.
 template <class F>
 void for_rows(int64_t T, F&& fn) {
-#pragma omp parallel for schedule(static) if (!omp_in_parallel() && T * T > kParallelMinElems)
-    for (int64_t i = 0; i < T; ++i) fn(i);
+    parallel_for(T, !in_parallel_region() && T * T > kParallelMinElems, [&](int64_t i) { fn(i); });
 }
 
 // Query rows go in blocks; with the causal mask, block [i0, i1) sees keys [0, i1) only.
@@ -172,8 +172,7 @@ template <class R>
 void split_heads(R* dst, const R* src, const R* cos_sin, int64_t B, int64_t T, int64_t H,
                  int64_t D) {
     const int64_t C = H * D, half = D / 2;
-#pragma omp parallel for schedule(static) if (B * T * C > kParallelMinElems)
-    for (int64_t row = 0; row < B * T; ++row) {
+    parallel_for(B * T, B * T * C > kParallelMinElems, [&](int64_t row) {
         const int64_t b = row / T, t = row % T;
         for (int64_t h = 0; h < H; ++h) {
             const R* s = src + row * C + h * D;
@@ -183,21 +182,20 @@ void split_heads(R* dst, const R* src, const R* cos_sin, int64_t B, int64_t T, i
             else
                 std::copy(s, s + D, d);
         }
-    }
+    });
 }
 
 // g[B, T, C] = RoPE backward of g, in place, head by head.
 template <class R>
 void unrotate_rows(R* g, const R* cos_sin, int64_t B, int64_t T, int64_t H, int64_t D) {
     const int64_t C = H * D, half = D / 2;
-#pragma omp parallel for schedule(static) if (B * T * C > kParallelMinElems)
-    for (int64_t row = 0; row < B * T; ++row) {
+    parallel_for(B * T, B * T * C > kParallelMinElems, [&](int64_t row) {
         const int64_t t = row % T;
         for (int64_t h = 0; h < H; ++h) {
             R* r = g + row * C + h * D;
             rope_rotate_backward(r, r, cos_sin + t * half, cos_sin + T * half + t * half, D);
         }
-    }
+    });
 }
 
 }  // namespace
@@ -238,8 +236,7 @@ void attention_forward(R* out, const AttentionSaved<R>& saved, const R* x, const
                      saved.k + u * T * D, saved.v + u * T * D, T, D, C, cfg.causal);
     };
     if (par) {
-#pragma omp parallel for schedule(static)
-        for (int64_t u = 0; u < units; ++u) run(u);
+        parallel_for(units, true, [&](int64_t u) { run(u); });
     } else {
         for (int64_t u = 0; u < units; ++u) run(u);
     }
@@ -284,12 +281,9 @@ void attention_backward(R* d_x, R* d_wq, R* d_wk, R* d_wv, R* d_wo, R* scratch, 
     if (par) {
         // One scratch slot per thread, so the team is no larger than the slots that exist.
         const int64_t team = std::min<int64_t>(omp_get_max_threads(), backward_slots(T, D, units));
-#pragma omp parallel num_threads(int(team))
-        {
-            const int64_t slot = omp_get_thread_num();
-#pragma omp for schedule(static)
-            for (int64_t u = 0; u < units; ++u) run(u, slot);
-        }
+        parallel_team(true, team, [&](int64_t slot, int64_t) {
+            team_for_nowait(units, [&](int64_t u) { run(u, slot); });
+        });
     } else {
         for (int64_t u = 0; u < units; ++u) run(u, 0);
     }

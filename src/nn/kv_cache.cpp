@@ -20,6 +20,7 @@
 #include <cmath>
 
 #include "core/check.h"
+#include "core/parallel_for.h"
 #include "kernels/softmax.h"
 #include "nn/rope.h"
 
@@ -39,14 +40,13 @@ bool parallel(int64_t work) {
 // y[N] = w[N, K] x[K]: a matrix-vector product with PyTorch's weight layout.
 template <class R>
 void matvec(R* y, const R* w, const R* x, int64_t N, int64_t K) {
-#pragma omp parallel for schedule(static) if (parallel(N * K))
-    for (int64_t o = 0; o < N; ++o) {
+    parallel_for(N, parallel(N * K), [&](int64_t o) {
         const R* row = w + o * K;
         R s = 0;
 #pragma omp simd reduction(+ : s)
         for (int64_t c = 0; c < K; ++c) s += row[c] * x[c];
         y[o] = s;
-    }
+    });
 }
 
 // Keys handled together by attend: four independent dot products (or four value rows in one
@@ -214,11 +214,10 @@ void attention_decode_forward(R* out, const R* x, const R* wq, const R* wk, cons
 
     // The same scale as attention_forward: R(1/sqrt(D)), rounded once.
     const R scale = R(1.0 / std::sqrt(double(D)));
-#pragma omp parallel for schedule(static) if (H > 1 && parallel(2 * L * C))
-    for (int64_t h = 0; h < H; ++h) {
+    parallel_for(H, H > 1 && parallel(2 * L * C), [&](int64_t h) {
         attend(y + h * D, scores + h * scores_stride, q + h * D, cache.k + h * stride,
                cache.v + h * stride, L, D, scale);
-    }
+    });
     // x is not read from here on, so out may alias it.
     matvec(out, wo, y, C, C);
     cache.length = L;

@@ -11,6 +11,7 @@
 // the same bit for bit whatever the thread count.
 #include "nn/loss.h"
 
+#include "core/parallel_for.h"
 #include "kernels/cpu/vec_math.h"
 
 #include <algorithm>
@@ -82,9 +83,9 @@ double cross_entropy_forward(R* probs, const R* logits, const int32_t* targets, 
     thread_local std::vector<double> row_loss;
     row_loss.assign(size_t(N), 0.0);
     double* rl = row_loss.data();
-#pragma omp parallel for schedule(static) if (N > 1 && N * V >= kParallelMin)
-    for (int64_t n = 0; n < N; ++n)
+    parallel_for(N, N > 1 && N * V >= kParallelMin, [&](int64_t n) {
         rl[n] = cross_entropy_row(probs + n * V, logits + n * V, targets[n], V);
+    });
     const int64_t count = count_targets(targets, N);
     if (count == 0) return 0.0;
     double total = 0.0;
@@ -103,16 +104,15 @@ void cross_entropy_backward(R* d_logits, const R* probs, const int32_t* targets,
     const int64_t count = count_targets(targets, N);
     if (count == 0) return;
     const R scale = R(double(d_loss) / double(count));
-#pragma omp parallel for schedule(static) if (N > 1 && N * V >= kParallelMin)
-    for (int64_t n = 0; n < N; ++n) {
+    parallel_for(N, N > 1 && N * V >= kParallelMin, [&](int64_t n) {
         const int32_t t = targets[n];
-        if (t < 0) continue;
+        if (t < 0) return;
         R* d = d_logits + n * V;
         const R* p = probs + n * V;
 #pragma omp simd
         for (int64_t v = 0; v < V; ++v) d[v] += scale * p[v];
         d[t] -= scale;
-    }
+    });
 }
 
 template <class R>

@@ -25,6 +25,7 @@
 #define MOE_ADAMW_AVX512 1
 #endif
 
+#include "core/parallel_for.h"
 #include "kernels/elementwise.h"
 
 namespace moe::train {
@@ -117,9 +118,7 @@ void AdamW::step(Arena& params, const Arena& grads, float lr, const uint8_t* fro
     // tensors split their blocks over the threads (no barrier between tensors: they are
     // disjoint); small ones go whole to one thread, by index.
     const int64_t total = int64_t(params.f32_count());
-#pragma omp parallel if (total > kParallelMin)
-    {
-        const int nt = omp_get_num_threads(), tid = omp_get_thread_num();
+    parallel_team(total > kParallelMin, 0, [&](int64_t tid, int64_t nt) {
         for (size_t k = 0; k < entries.size(); ++k) {
             const Arena::Entry& e = entries[k];
             const int64_t begin = int64_t(e.offset / sizeof(float));
@@ -131,16 +130,13 @@ void AdamW::step(Arena& params, const Arena& grads, float lr, const uint8_t* fro
             float* v = v_all + begin;
             const uint8_t* fz = frozen ? frozen + begin : nullptr;
             const bool split = n > kParallelMin;
-            if (split) {
-#pragma omp for schedule(static) nowait
-                for (int64_t b = 0; b < blocks; ++b) u.block(p, m, v, g, fz, b);
-            }
-            if (int(k % size_t(nt)) != tid) continue;
+            if (split) team_for_nowait(blocks, [&](int64_t b) { u.block(p, m, v, g, fz, b); });
+            if (int64_t(k % size_t(nt)) != tid) continue;
             if (!split)
                 for (int64_t b = 0; b < blocks; ++b) u.block(p, m, v, g, fz, b);
             u.tail(p, m, v, g, fz, blocks * 16, n);
         }
-    }
+    });
 }
 
 double clip_grad_norm(Arena& grads, double max_norm) {

@@ -26,6 +26,7 @@
 #include <limits>
 
 #include "core/check.h"
+#include "core/parallel_for.h"
 #include "kernels/softmax.h"
 #include "moe/routers/constructors.h"
 #include "moe/routers/gate.h"
@@ -101,8 +102,7 @@ void ExpertChoiceRouter<R>::forward(const RouterInput<R>& in, RoutingPlan<R>& pl
     // Each expert ranks every token by its score and keeps the top C, then restores token
     // order so the rows of an expert are ascending (as build_plan_from_choices makes them).
     const R* S = this->probs_;
-#pragma omp parallel for schedule(dynamic, 1) if (T * E >= kParallelMin)
-    for (int64_t e = 0; e < E; ++e) {
+    parallel_for_dynamic(E, T * E >= kParallelMin, [&](int64_t e) {
         int32_t* idx = rank_ + e * this->max_tokens_;
         for (int64_t t = 0; t < T; ++t) idx[t] = int32_t(t);
         if (C < T) {
@@ -121,7 +121,7 @@ void ExpertChoiceRouter<R>::forward(const RouterInput<R>& in, RoutingPlan<R>& pl
             plan.row_choice[r0 + i] = int32_t(t * E + e);
             plan.row_weight[r0 + i] = S[t * E + e];
         }
-    }
+    });
     plan.T = T;
     plan.E = E;
     for (int64_t e = 0; e <= E; ++e) plan.offsets[e] = e * C;

@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "core/check.h"
+#include "core/parallel_for.h"
 #include "moe/routers/constructors.h"
 #include "moe/routers/gate.h"
 
@@ -117,13 +118,12 @@ void SigmoidBiasRouter<R>::bind_extra(Arena& params, Arena& grads, Arena& acts) 
 template <class R>
 void SigmoidBiasRouter<R>::selection_scores(int64_t T) {
     const int64_t E = this->E_, G = this->cfg_.n_groups, KG = this->cfg_.topk_groups;
-#pragma omp parallel for schedule(static) if (T * E >= kParallelMin)
-    for (int64_t t = 0; t < T; ++t)
+    parallel_for(T, T * E >= kParallelMin, [&](int64_t t) {
         for (int64_t e = 0; e < E; ++e) select_[t * E + e] = scores_[t * E + e] + sel_bias_[e];
+    });
     if (G == 1) return;
     const int64_t gs = E / G;
-#pragma omp parallel for schedule(static) if (T * E >= kParallelMin)
-    for (int64_t t = 0; t < T; ++t) {
+    parallel_for(T, T * E >= kParallelMin, [&](int64_t t) {
         const R* c = select_ + t * E;
         for (int64_t g = 0; g < G; ++g) {
             // The sum of the group's best two (best one for a group of one).
@@ -138,17 +138,16 @@ void SigmoidBiasRouter<R>::selection_scores(int64_t T) {
             }
             group_score_[t * G + g] = gs >= 2 ? best + second : best;
         }
-    }
+    });
     GateRouter<R>::topk_rows(group_top_, group_score_, T, G, KG);
-#pragma omp parallel for schedule(static) if (T * E >= kParallelMin)
-    for (int64_t t = 0; t < T; ++t) {
+    parallel_for(T, T * E >= kParallelMin, [&](int64_t t) {
         R* c = select_ + t * E;
         for (int64_t g = 0; g < G; ++g) {
             const int32_t* kept = group_top_ + t * KG;
             if (std::find(kept, kept + KG, int32_t(g)) != kept + KG) continue;
             std::fill(c + g * gs, c + (g + 1) * gs, -std::numeric_limits<R>::infinity());
         }
-    }
+    });
 }
 
 template <class R>
@@ -158,8 +157,7 @@ void SigmoidBiasRouter<R>::forward(const RouterInput<R>& in, RoutingPlan<R>& pla
     const MoeConfig& cfg = this->cfg_;
     const int64_t T = in.T, E = this->E_, k = this->K_;
     this->gate_forward(in);
-#pragma omp parallel for schedule(static) if (T * E >= kParallelMin)
-    for (int64_t t = 0; t < T; ++t) {
+    parallel_for(T, T * E >= kParallelMin, [&](int64_t t) {
         double sum = 0;
         for (int64_t e = 0; e < E; ++e) {
             const double s = 1.0 / (1.0 + std::exp(-double(this->logits_[t * E + e])));
@@ -169,11 +167,10 @@ void SigmoidBiasRouter<R>::forward(const RouterInput<R>& in, RoutingPlan<R>& pla
         score_sum_[t] = R(sum);
         for (int64_t e = 0; e < E; ++e)
             this->probs_[t * E + e] = R(double(scores_[t * E + e]) / sum);
-    }
+    });
     selection_scores(T);
     GateRouter<R>::topk_rows(this->choice_expert_, select_, T, E, k);
-#pragma omp parallel for schedule(static) if (T * E >= kParallelMin)
-    for (int64_t t = 0; t < T; ++t) {
+    parallel_for(T, T * E >= kParallelMin, [&](int64_t t) {
         double sum = 0;
         for (int64_t j = 0; j < k; ++j)
             sum += double(scores_[t * E + this->choice_expert_[t * k + j]]);
@@ -184,7 +181,7 @@ void SigmoidBiasRouter<R>::forward(const RouterInput<R>& in, RoutingPlan<R>& pla
             this->choice_weight_[c] = R(double(scores_[t * E + this->choice_expert_[c]]) * scale);
             this->choice_priority_[c] = this->choice_weight_[c];
         }
-    }
+    });
     const bool by_prob = cfg.drop_policy == DropPolicy::probability;
     const Choices<R> ch = this->choices(T, k, by_prob ? this->choice_priority_ : nullptr);
     build_plan_from_choices(plan, ch, E, this->capacity(T, k), this->plan_scratch_);
@@ -210,8 +207,7 @@ void SigmoidBiasRouter<R>::backward(const RouterInput<R>& in, const RoutingPlan<
     // d_probs_ is d s: the aux loss's normalised scores first, then the weights.
     std::fill(this->d_probs_, this->d_probs_ + T * E, R(0));
     this->aux_loss_backward(this->d_probs_, T, cfg.aux_loss_coef);
-#pragma omp parallel for schedule(static) if (T * E >= kParallelMin)
-    for (int64_t t = 0; t < T; ++t) {
+    parallel_for(T, T * E >= kParallelMin, [&](int64_t t) {
         // p = s / S: d s_m = (dp_m - sum_e dp_e p_e) / S.
         R* ds = this->d_probs_ + t * E;
         const R* p = this->probs_ + t * E;
@@ -231,13 +227,12 @@ void SigmoidBiasRouter<R>::backward(const RouterInput<R>& in, const RoutingPlan<
         } else {
             for (int64_t j = 0; j < k; ++j) ds[ce[j]] += R(cfg.route_scale * double(dw[j]));
         }
-    }
+    });
     // s = sigmoid(l): d l = d s * s (1 - s).
-#pragma omp parallel for schedule(static) if (T * E >= kParallelMin)
-    for (int64_t i = 0; i < T * E; ++i) {
+    parallel_for(T * E, T * E >= kParallelMin, [&](int64_t i) {
         const double s = double(scores_[i]);
         this->d_logits_[i] = R(double(this->d_probs_[i]) * s * (1.0 - s));
-    }
+    });
     this->z_loss_backward(this->d_logits_, T, cfg.z_loss_coef);
     this->gate_backward(in, this->d_logits_, d_x);
 }
