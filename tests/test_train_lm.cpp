@@ -99,8 +99,10 @@ class TrainLmMoeResume : public ::testing::TestWithParam<MoeResumeCase> {};
 TEST_P(TrainLmMoeResume, ReproducesTheUninterruptedRunExactly) {
     TempRun run;
     auto c = run.config();
-    for (const char* kv :
-         {"model.ffn=\"moe\"", "moe.n_experts=4", "moe.top_k=2", "moe.d_expert=16"})
+    // Evaluation every 2 steps: it routes too (overwriting each router's plan), and must
+    // leave no trace in the training run.
+    for (const char* kv : {"model.ffn=\"moe\"", "moe.n_experts=4", "moe.top_k=2", "moe.d_expert=16",
+                           "train.eval_every=2"})
         c.set(kv);
     for (const char* kv : GetParam().keys) c.set(kv);
     const auto cfg = lm::read_lm_train_config(c);
