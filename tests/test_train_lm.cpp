@@ -2,13 +2,14 @@
 // and the `moe` command's exit codes and messages.
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 
 #include "io/safetensors.h"
-#include "test_support.h"
 #include "lm/lm_trainer.h"
+#include "test_support.h"
 
 namespace moe {
 namespace {
@@ -83,6 +84,67 @@ TEST(TrainLm, ResumeReproducesTheUninterruptedRunExactly) {
         EXPECT_EQ(part2[i], full[i + 3]) << "step " << i + 4;  // bit-identical, not just close
     }
 }
+
+// The same exactness for MoE models, one case per router with state or randomness of its
+// own: softmax_topk draws router jitter from the step's seed, sigmoid_bias carries a
+// selection bias that after_step() changes outside the optimizer, noisy_topk draws noise
+// from the step's seed, and assigned routes by the domain labels (the corpus's two files).
+struct MoeResumeCase {
+    const char* name;
+    std::vector<const char*> keys;  // extra config, as Config::set takes it
+};
+
+class TrainLmMoeResume : public ::testing::TestWithParam<MoeResumeCase> {};
+
+TEST_P(TrainLmMoeResume, ReproducesTheUninterruptedRunExactly) {
+    TempRun run;
+    auto c = run.config();
+    // Evaluation every 2 steps: it routes too (overwriting each router's plan), and must
+    // leave no trace in the training run.
+    for (const char* kv : {"model.ffn=\"moe\"", "moe.n_experts=4", "moe.top_k=2", "moe.d_expert=16",
+                           "train.eval_every=2"})
+        c.set(kv);
+    for (const char* kv : GetParam().keys) c.set(kv);
+    const auto cfg = lm::read_lm_train_config(c);
+    const auto full = run_and_record(cfg, train::StartMode::fresh, -1);
+    ASSERT_EQ(full.size(), 6u);
+    const fs::path full_ckpt = run.dir / "full.safetensors";
+    fs::copy_file(train::checkpoint_path(cfg.out_dir), full_ckpt);
+
+    const auto part1 = run_and_record(cfg, train::StartMode::overwrite, 3);
+    const auto part2 = run_and_record(cfg, train::StartMode::resume, -1);
+    ASSERT_EQ(part1.size(), 3u);
+    ASSERT_EQ(part2.size(), 3u);
+    for (size_t i = 0; i < 3; ++i) {
+        EXPECT_EQ(part1[i], full[i]) << "step " << i + 1;
+        EXPECT_EQ(part2[i], full[i + 3]) << "step " << i + 4;
+    }
+    // Every tensor of the final checkpoint (weights, optimizer moments, the selection bias)
+    // is bit-identical too: equal losses could hide state that only later steps would read.
+    io::SafetensorsFile got(train::checkpoint_path(cfg.out_dir)), want(full_ckpt.string());
+    ASSERT_EQ(got.names(), want.names());
+    for (const auto& name : want.names()) {
+        const auto a = got.bytes(name), b = want.bytes(name);
+        EXPECT_TRUE(std::equal(a.begin(), a.end(), b.begin(), b.end())) << name;
+    }
+    // sigmoid_bias: the bias has moved from its initial 0, so its restoring was tested.
+    const std::string bias = "layers.0.moe.router.selection_bias";
+    if (want.contains(bias)) {
+        const auto v = want.read_f32(bias);
+        EXPECT_TRUE(std::any_of(v.begin(), v.end(), [](float x) { return x != 0; }));
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Routers, TrainLmMoeResume,
+    ::testing::Values(
+        MoeResumeCase{"softmax_topk_jitter", {"moe.jitter=0.1"}},
+        // A large bias step, so that the bias matters to the routing within six steps.
+        MoeResumeCase{"sigmoid_bias", {"moe.router=\"sigmoid_bias\"", "moe.bias_update_rate=0.05"}},
+        MoeResumeCase{"noisy_topk", {"moe.router=\"noisy_topk\"", "moe.load_coef=0.01"}},
+        MoeResumeCase{"assigned",
+                      {"moe.router=\"assigned\"", "moe.domain_experts=[[0, 1], [2, 3]]"}}),
+    [](const ::testing::TestParamInfo<MoeResumeCase>& info) { return info.param.name; });
 
 TEST(TrainLm, LossFallsOnRepetitiveText) {
     TempRun run;
