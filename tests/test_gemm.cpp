@@ -28,10 +28,10 @@ TEST_P(GemmSweep, MatchesReferenceForEveryTransposeAndBeta) {
                 auto C_ref = C;
                 if (beta == 0) std::fill(C.begin(), C.end(), NAN);  // must be overwritten
                 if (beta == 0) std::fill(C_ref.begin(), C_ref.end(), NAN);
-                kernels::gemm(ta, tb, M, N, K, 0.5f, A.data(), lda, B.data(), ldb, beta,
-                              C.data(), ldc);
-                kernels::gemm_reference(bool(ta), bool(tb), M, N, K, 0.5f, A.data(), lda,
-                                        B.data(), ldb, beta, C_ref.data(), ldc);
+                kernels::gemm(ta, tb, M, N, K, 0.5f, A.data(), lda, B.data(), ldb, beta, C.data(),
+                              ldc);
+                kernels::gemm_reference(bool(ta), bool(tb), M, N, K, 0.5f, A.data(), lda, B.data(),
+                                        ldb, beta, C_ref.data(), ldc);
                 // Compare only the M x N window; f32 accumulation error grows like sqrt(K).
                 std::vector<float> got, want;
                 for (int64_t i = 0; i < M; ++i)
@@ -60,15 +60,53 @@ TEST(Gemm, ZeroInnerDimensionScalesC) {
     EXPECT_EQ(C, (std::vector<float>{0.5f, 1, 1.5f, 2}));
 }
 
+// M = 0 or N = 0: C has no element, so nothing in the buffer may change whatever beta says
+// (beta = 0 would otherwise write zeros), and A and B are not read (null is fine).
 TEST(Gemm, EmptyOutputIsANoOp) {
+    const float sentinel = -7.25f;
+    for (float beta : {0.0f, 1.0f, 0.5f})
+        for (bool ta : {false, true})
+            for (bool tb : {false, true}) {
+                // M = 0, N = 5, K = 3 into a buffer the size of one padded row of C.
+                std::vector<float> C(8, sentinel);
+                kernels::gemm(ta, tb, 0, 5, 3, 1.0f, nullptr, ta ? 1 : 3, nullptr, tb ? 3 : 5, beta,
+                              C.data(), 8);
+                EXPECT_EQ(C, std::vector<float>(8, sentinel)) << "M=0 beta=" << beta;
+                // M = 4, N = 0, K = 3: four rows of C, each of zero width.
+                std::vector<float> D(4 * 2, sentinel);
+                kernels::gemm(ta, tb, 4, 0, 3, 1.0f, nullptr, ta ? 4 : 3, nullptr, tb ? 3 : 1, beta,
+                              D.data(), 2);
+                EXPECT_EQ(D, std::vector<float>(8, sentinel)) << "N=0 beta=" << beta;
+                // The double path (the reference) keeps the same contract.
+                std::vector<double> E(8, double(sentinel));
+                kernels::gemm(ta, tb, 0, 5, 3, 1.0, nullptr, ta ? 1 : 3, nullptr, tb ? 3 : 5,
+                              double(beta), E.data(), 8);
+                EXPECT_EQ(E, std::vector<double>(8, double(sentinel))) << "double, beta=" << beta;
+            }
+    // Nor does a call on a null C: there is nothing to write.
     kernels::gemm(false, false, 0, 5, 3, 1.0f, nullptr, 3, nullptr, 5, 0.0f, nullptr, 5);
+}
+
+// K = 0: the product is zero, so C = beta * C on the M x N window: beta = 0 writes exact
+// zeros (NaN does not leak), beta = 1 leaves C as it was, the padding is never touched.
+TEST(Gemm, ZeroInnerDimensionFollowsTheBetaContract) {
+    const float pad = -7.25f;
+    // [2, 3] window in rows of stride 4; column 3 is padding.
+    const std::vector<float> start = {NAN, 1, 2, pad, 3, NAN, 4, pad};
+    std::vector<float> C = start;
+    kernels::gemm(false, false, 2, 3, 0, 1.0f, nullptr, 1, nullptr, 3, 0.0f, C.data(), 4);
+    EXPECT_EQ(C, (std::vector<float>{0, 0, 0, pad, 0, 0, 0, pad}));
+    std::vector<float> D = {5, 1, 2, pad, 3, -6, 4, pad};
+    const std::vector<float> D0 = D;
+    kernels::gemm(true, true, 2, 3, 0, 1.0f, nullptr, 2, nullptr, 1, 1.0f, D.data(), 4);
+    EXPECT_EQ(D, D0);
 }
 
 TEST(Gemm, RejectsTooSmallLeadingDimension) {
     std::vector<float> A(4), B(4), C(4);
-    EXPECT_THROW(kernels::gemm(false, false, 2, 2, 2, 1.0f, A.data(), 1, B.data(), 2, 0.0f,
-                               C.data(), 2),
-                 Error);
+    EXPECT_THROW(
+        kernels::gemm(false, false, 2, 2, 2, 1.0f, A.data(), 1, B.data(), 2, 0.0f, C.data(), 2),
+        Error);
 }
 
 TEST(Gemm, DoublePathIsTheReference) {

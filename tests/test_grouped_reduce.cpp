@@ -2,7 +2,8 @@
 // rows equals, bit for bit, the top of the tree over the sums that R "ranks" (R dividing g)
 // compute on their N / R rows with g / R groups each. That is what makes R ranks and one
 // process train identically; here it is checked for every reduction a replicated weight
-// gradient goes through (linear weight and bias, RMSNorm gain, embedding).
+// gradient goes through (linear weight and bias, RMSNorm gain, LayerNorm gain and bias,
+// embedding).
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -112,6 +113,45 @@ TEST(GroupedReduce, RmsnormGainAndEmbeddingOfRanksEqualOneProcessBitForBit) {
     };
     const auto [e1, er] = whole_and_ranks(V * C, N, g, R, emb);
     EXPECT_TRUE(same_bits(e1, er));
+}
+
+// LayerNorm's gain and bias (one pass computes both) follow the same canonical order: before
+// layernorm_backward took the reduction groups into account this failed.
+TEST(GroupedReduce, LayernormGainAndBiasOfRanksEqualOneProcessBitForBit) {
+    const int64_t C = 40;
+    for (int64_t g : {2, 4})
+        for (int64_t R : {int64_t(2), g}) {
+            if (g % R) continue;
+            const int64_t N = g * 37;
+            const auto d_out = random_values(N * C, 50 + g), in = random_values(N * C, 60 + g),
+                       gain = random_values(C, 70);
+            std::vector<float> mean(static_cast<size_t>(N)), rstd(static_cast<size_t>(N));
+            for (int64_t n = 0; n < N; ++n) {
+                mean[static_cast<size_t>(n)] = 0.1f * float(n % 7) - 0.3f;
+                rstd[static_cast<size_t>(n)] = 0.5f + 0.01f * float(n % 13);
+            }
+            std::vector<float> d_in(static_cast<size_t>(N * C));
+            // out: [2, C], the gain's gradient then the bias's.
+            auto norm = [&](float* out, int64_t first, int64_t rows) {
+                kernels::layernorm_backward(d_in.data() + first * C, out, out + C,
+                                            d_out.data() + first * C, in.data() + first * C,
+                                            gain.data(), mean.data() + first, rstd.data() + first,
+                                            rows, C);
+            };
+            const auto [w1, wr] = whole_and_ranks(2 * C, N, g, R, norm);
+            EXPECT_TRUE(same_bits(w1, wr)) << "gain and bias, g=" << g << " R=" << R;
+            // Without a bias the gain's gradient is the same sum.
+            auto gain_only = [&](float* out, int64_t first, int64_t rows) {
+                kernels::layernorm_backward(d_in.data() + first * C, out, nullptr,
+                                            d_out.data() + first * C, in.data() + first * C,
+                                            gain.data(), mean.data() + first, rstd.data() + first,
+                                            rows, C);
+            };
+            const auto [v1, vr] = whole_and_ranks(C, N, g, R, gain_only);
+            EXPECT_TRUE(same_bits(v1, vr)) << "gain without bias, g=" << g << " R=" << R;
+            EXPECT_TRUE(std::memcmp(v1.data(), w1.data(), size_t(C) * sizeof(float)) == 0)
+                << "gain with and without bias, g=" << g << " R=" << R;
+        }
 }
 
 // Without groups the split changes the bits (which is why the groups exist): a check that

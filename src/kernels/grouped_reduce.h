@@ -74,4 +74,34 @@ void grouped_rows_reduce(R* dst, int64_t n, int64_t N, const Partial& partial) {
     for (int64_t i = 0; i < n; ++i) dst[i] += scratch[size_t(i)];
 }
 
+// grouped_rows_reduce for two sums over the same rows that one pass computes together
+// (LayerNorm's gain and bias): `partial(buf_a, buf_b, first_row, rows)` ADDS into buf_a[0, n)
+// and, unless dst_b is null (then buf_b is null too), buf_b[0, n). Each sum gets the same
+// canonical order as grouped_rows_reduce would give it alone.
+template <class R, class Partial>
+void grouped_rows_reduce_pair(R* dst_a, R* dst_b, int64_t n, int64_t N, const Partial& partial) {
+    const int64_t g = reduction_groups();
+    if (g == 1) {
+        partial(dst_a, dst_b, int64_t(0), N);
+        return;
+    }
+    MOE_CHECK(N % g == 0, "grouped_rows_reduce: ", N, " rows do not split into ", g,
+              " reduction groups");
+    // [g, n] chunks of a, then [g, n] chunks of b; kept between calls like the one above.
+    thread_local std::vector<R> scratch;
+    const int64_t sums = dst_b ? 2 : 1;
+    if (scratch.size() < size_t(sums * g * n)) scratch.resize(size_t(sums * g * n));
+    std::fill(scratch.begin(), scratch.begin() + sums * g * n, R(0));
+    R* a = scratch.data();
+    R* b = dst_b ? a + g * n : nullptr;
+    const int64_t rows = N / g;
+    for (int64_t c = 0; c < g; ++c) partial(a + c * n, b ? b + c * n : nullptr, c * rows, rows);
+    pairwise_tree_sum(a, g, n);
+    for (int64_t i = 0; i < n; ++i) dst_a[i] += a[i];
+    if (b) {
+        pairwise_tree_sum(b, g, n);
+        for (int64_t i = 0; i < n; ++i) dst_b[i] += b[i];
+    }
+}
+
 }  // namespace moe::kernels

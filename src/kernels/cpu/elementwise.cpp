@@ -4,15 +4,16 @@
 // Reductions split the array into a fixed number of contiguous blocks (one per thread, or one
 // when small), each summed in double, then add the block sums in order: the result depends on
 // the sizes and the thread count only, never on scheduling (`reduction(+:)` combines partial
-// sums in an unspecified order).
+// sums in an unspecified order). The block results live on the stack (at most kMaxBlocks of
+// them), so a reduction allocates nothing.
 #include "kernels/elementwise.h"
 
 #include <omp.h>
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <climits>
-#include <vector>
 
 #include "core/check.h"
 #include "core/dtype.h"
@@ -29,8 +30,13 @@ void check_n(const char* op, int64_t n) {
     MOE_CHECK(n >= 0, op, ": negative size n=", n);
 }
 
+// Most blocks a reduction splits into: the block results are a stack array of this size.
+// With more threads than this, the extra threads idle in reductions (the result then depends
+// on min(threads, kMaxBlocks), still never on scheduling).
+constexpr int64_t kMaxBlocks = 1024;
+
 int64_t num_blocks(int64_t n) {
-    return n > kParallelMin ? std::max<int64_t>(1, omp_get_max_threads()) : 1;
+    return n > kParallelMin ? std::clamp<int64_t>(omp_get_max_threads(), 1, kMaxBlocks) : 1;
 }
 
 // Applies block_fn(begin, end) -> double to nb fixed contiguous blocks of [0, n) and returns
@@ -39,7 +45,7 @@ template <class BlockFn, class Combine>
 double reduce_blocks(int64_t n, double init, BlockFn block_fn, Combine combine) {
     const int64_t nb = num_blocks(n);
     if (nb == 1) return combine(init, block_fn(int64_t(0), n));
-    std::vector<double> part(static_cast<size_t>(nb));
+    std::array<double, kMaxBlocks> part;  // [nb] used; 8 KiB of stack, no allocation
 #pragma omp parallel for schedule(static)
     for (int64_t b = 0; b < nb; ++b) part[size_t(b)] = block_fn(n * b / nb, n * (b + 1) / nb);
     double acc = init;

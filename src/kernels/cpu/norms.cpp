@@ -6,6 +6,8 @@
 // rows; the float path splits the rows into a fixed number of contiguous blocks, each summing
 // into its own double buffer, then adds the blocks in order, so the result is the same run
 // after run for a fixed thread count (`reduction(+:)` combines in an unspecified order).
+// The block buffers are kept per calling thread between calls (block_scratch): a training
+// step allocates nothing once the first step has sized them.
 #include "kernels/norms.h"
 
 #include <omp.h>
@@ -42,11 +44,22 @@ int64_t block_begin(int64_t b, int64_t nb, int64_t N) {
     return N * b / nb;
 }
 
+// n zeroed doubles for the row blocks' partial sums. One buffer per calling thread, grown on
+// first use and reused after: a std::vector per call would allocate in every training step.
+// Callers hold the pointer only until their next call (the kernels below do not nest).
+double* block_scratch(int64_t n) {
+    thread_local std::vector<double> buf;
+    if (buf.size() < size_t(n)) buf.resize(size_t(n));
+    std::fill_n(buf.data(), n, 0.0);
+    return buf.data();
+}
+
 // dst[j] += sum_b parts[b * C + j], blocks added in order.
-void add_blocks(float* dst, const std::vector<double>& parts, int64_t nb, int64_t C) {
+// dst: [C], parts: [nb, C]
+void add_blocks(float* dst, const double* parts, int64_t nb, int64_t C) {
     for (int64_t j = 0; j < C; ++j) {
         double s = 0.0;
-        for (int64_t b = 0; b < nb; ++b) s += parts[size_t(b * C + j)];
+        for (int64_t b = 0; b < nb; ++b) s += parts[b * C + j];
         dst[j] = float(double(dst[j]) + s);
     }
 }
@@ -246,10 +259,10 @@ namespace {
 void rmsnorm_backward_rows(float* d_in, float* d_weight, const float* d_out, const float* in,
                            const float* weight, const float* rstd, int64_t N, int64_t C) {
     const int64_t nb = row_blocks(N, C);
-    std::vector<double> dw(size_t(nb * C), 0.0);
+    double* dw = block_scratch(nb * C);  // [nb, C]
 #pragma omp parallel for schedule(static) if (nb > 1)
     for (int64_t b = 0; b < nb; ++b) {
-        double* dwb = dw.data() + b * C;
+        double* dwb = dw + b * C;
         for (int64_t n = block_begin(b, nb, N); n < block_begin(b + 1, nb, N); ++n)
             rmsnorm_backward_row(d_in + n * C, dwb, d_out + n * C, in + n * C, weight, rstd[n], C);
     }
@@ -288,24 +301,40 @@ void layernorm_forward(double* out, double* mean, double* rstd, const double* in
     layernorm_forward_reference(out, mean, rstd, in, weight, bias, N, C, eps);
 }
 
-// d_out[N, C], in[N, C], weight[C], mean[N], rstd[N] -> d_in[N, C], d_weight[C], d_bias[C]
-// (all +=).
-void layernorm_backward(float* d_in, float* d_weight, float* d_bias, const float* d_out,
-                        const float* in, const float* weight, const float* mean, const float* rstd,
-                        int64_t N, int64_t C) {
-    check_sizes("layernorm_backward", N, C);
+namespace {
+void layernorm_backward_rows(float* d_in, float* d_weight, float* d_bias, const float* d_out,
+                             const float* in, const float* weight, const float* mean,
+                             const float* rstd, int64_t N, int64_t C) {
     const int64_t nb = row_blocks(N, C);
-    std::vector<double> dw(size_t(nb * C), 0.0), db(d_bias ? size_t(nb * C) : 0, 0.0);
+    // [nb, C] gain blocks, then (with a bias) [nb, C] bias blocks.
+    double* dw = block_scratch((d_bias ? 2 : 1) * nb * C);
+    double* db = d_bias ? dw + nb * C : nullptr;
 #pragma omp parallel for schedule(static) if (nb > 1)
     for (int64_t b = 0; b < nb; ++b) {
-        double* dwb = dw.data() + b * C;
-        double* dbb = d_bias ? db.data() + b * C : nullptr;
+        double* dwb = dw + b * C;
+        double* dbb = d_bias ? db + b * C : nullptr;
         for (int64_t n = block_begin(b, nb, N); n < block_begin(b + 1, nb, N); ++n)
             layernorm_backward_row(d_in + n * C, dwb, dbb, d_out + n * C, in + n * C, weight,
                                    mean[n], rstd[n], C);
     }
     add_blocks(d_weight, dw, nb, C);
     if (d_bias) add_blocks(d_bias, db, nb, C);
+}
+}  // namespace
+
+// d_out[N, C], in[N, C], weight[C], mean[N], rstd[N] -> d_in[N, C], d_weight[C], d_bias[C]
+// (all +=; d_bias may be null).
+void layernorm_backward(float* d_in, float* d_weight, float* d_bias, const float* d_out,
+                        const float* in, const float* weight, const float* mean, const float* rstd,
+                        int64_t N, int64_t C) {
+    check_sizes("layernorm_backward", N, C);
+    // d_weight and d_bias sum over rows: in the canonical order of kernels/grouped_reduce.h,
+    // as RMSNorm's gain, so that R data-parallel ranks get the bits of one process.
+    grouped_rows_reduce_pair(
+        d_weight, d_bias, C, N, [&](float* dw, float* db, int64_t first, int64_t rows) {
+            layernorm_backward_rows(d_in + first * C, dw, db, d_out + first * C, in + first * C,
+                                    weight, mean + first, rstd + first, rows, C);
+        });
 }
 
 void layernorm_backward(double* d_in, double* d_weight, double* d_bias, const double* d_out,
