@@ -4,9 +4,9 @@ if(MOE_SANITIZE)
   return()
 endif()
 
-# test_safetensors built a second time with AddressSanitizer, so that every malformed-file
-# test and the corruption sweep in tests/test_safetensors.cpp also run with out-of-bounds
-# and use-after-free detection. The sanitizer must cover the parser itself, so the few
+# test_safetensors and test_safetensors_hostile built a second time, as one program, with
+# AddressSanitizer, so that every malformed-file test and the corruption sweep also run with
+# out-of-bounds and use-after-free detection. The sanitizer must cover the parser itself, so the few
 # sources it needs (src/core, src/io) are compiled into the executable with the flags,
 # rather than linked from the uninstrumented libmoe.
 file(GLOB MOE_ASAN_SOURCES CONFIGURE_DEPENDS
@@ -14,6 +14,7 @@ file(GLOB MOE_ASAN_SOURCES CONFIGURE_DEPENDS
      ${PROJECT_SOURCE_DIR}/src/io/*.cpp)
 add_executable(test_safetensors_asan
   ${CMAKE_CURRENT_SOURCE_DIR}/test_safetensors.cpp
+  ${CMAKE_CURRENT_SOURCE_DIR}/test_safetensors_hostile.cpp
   ${CMAKE_CURRENT_SOURCE_DIR}/support/test_support.cpp
   ${MOE_ASAN_SOURCES})
 target_include_directories(test_safetensors_asan PRIVATE
