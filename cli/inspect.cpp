@@ -8,10 +8,10 @@
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "core/threads.h"
-#include "lm/lm_dataset.h"
 #include "io/heatmap.h"
 #include "lm/lm_analysis.h"
 #include "lm/lm_checkpoint.h"
+#include "lm/lm_dataset.h"
 
 namespace moe::cli {
 
@@ -89,7 +89,12 @@ int run_inspect(int argc, char** argv) {
         h.title = "layer " + std::to_string(r.moe_layers[i]) +
                   ": share of each domain's tokens per expert";
         h.value_label = "share of the domain's routed tokens";
-        for (int64_t e = 0; e < E; ++e) h.col_labels.push_back("e" + std::to_string(e));
+        for (int64_t e = 0; e < E; ++e) {
+            // snprintf, not "e" + std::to_string(e): GCC 12 flags that with a false -Wrestrict.
+            char label[24];
+            std::snprintf(label, sizeof label, "e%ld", long(e));
+            h.col_labels.emplace_back(label);
+        }
         for (size_t d = 0; d < ds.domains.size(); ++d) {
             double total = 0;
             for (int64_t c : r.usage[i][d]) total += double(c);
