@@ -220,6 +220,7 @@ double TransformerLM::forward(const int32_t* tokens, const int32_t* targets, int
             extras.labels = opt.domains;
             extras.training = opt.training;
             extras.seed = opt.seed * 1000003ull + l;  // a different noise stream per layer
+            extras.first_token = opt.first_token;
             router_loss_ += moe_[l]->forward(x_out, a(A.ffn_norm_out), N, extras);
         } else {
             nn::swiglu_mlp_forward(x_out, a(A.h1), a(A.h3), a(A.act), a(A.ffn_norm_out), p(P.w1),
