@@ -8,8 +8,9 @@
    loss for the R-rank checkpoint as for the single-process one, and both resume (one
    process, and R ranks from the single-process checkpoint) give the same next losses.
 3. Evaluation: `moe eval` in one process of both final checkpoints gives the same
-   validation loss (relative difference at most --eval-tol, 1e-3 by default: with plain
-   gradient sums the runs differ by rounding, and more once routing parts).
+   validation loss: within --tol when both runs routed every step identically, within
+   --eval-tol-parted (1e-2 by default) once they routed a batch differently and went their
+   own ways (on the language recipe with plain sums: parted at step 23, 3.4e-3 apart).
 4. With --bitwise-checkpoints (for train.reduction_groups > 1, whose sums do not depend
    on R): both final checkpoints hold the same tensors with the same bits, the optimizer's
    moments ("optim.*") included, and both validation losses are equal.
@@ -174,8 +175,9 @@ def main():
     ap.add_argument("--resume-steps", type=int, default=10,
                     help="steps run after resuming, for the checkpoint checks")
     ap.add_argument("--tol", type=float, default=1e-4, help="relative tolerance")
-    ap.add_argument("--eval-tol", type=float, default=1e-3,
-                    help="relative tolerance between the two checkpoints' validation losses")
+    ap.add_argument("--eval-tol-parted", type=float, default=1e-2,
+                    help="relative tolerance between the two checkpoints' validation losses "
+                         "when the runs' routing parted (else --tol)")
     ap.add_argument("--bitwise-checkpoints", action="store_true",
                     help="demand bit-identical final checkpoints (train.reduction_groups > 1)")
     ap.add_argument("--min-same-steps", type=int, default=5,
@@ -242,7 +244,8 @@ def main():
     e_1 = eval_loss(a.moe, ck_1, single_dir + ".eval.log")
     e_r = eval_loss(a.moe, ck_r, multi_dir + ".eval.log")
     eval_diff = rel(e_r, e_1)
-    eval_tol = 0.0 if a.bitwise_checkpoints else a.eval_tol
+    eval_tol = 0.0 if a.bitwise_checkpoints else a.tol if first_diff is None \
+        else a.eval_tol_parted
     print(f"moe eval (1 process): validation loss {e_1:.6f} of the 1-process checkpoint, "
           f"{e_r:.6f} of the {a.ranks}-rank one: rel. diff {eval_diff:.1e} "
           f"(tolerance {eval_tol:g})")

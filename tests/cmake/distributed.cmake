@@ -7,7 +7,8 @@
 #     whose noise is drawn by global token index;
 #   - plain sums (reduction_groups=1): the MoE recipe agrees to 1e-4 while both runs route
 #     every batch identically (top-k routing is discontinuous, see the script), the dense
-#     variant at every step; both final checkpoints' validation losses agree to 1e-3.
+#     variant at every step; both final checkpoints' validation losses agree to 1e-4 if
+#     routing never parted, else to 1e-2 (the runs then go their own ways).
 if(MPIEXEC_EXECUTABLE)
   set(_check ${PROJECT_SOURCE_DIR}/scripts/distributed_check.py)
   set(_run --moe $<TARGET_FILE:moe_cli> --mpirun ${MPIEXEC_EXECUTABLE}
