@@ -7,7 +7,14 @@
 2. Checkpoints are interchangeable: `moe eval` in one process gives the same validation
    loss for the R-rank checkpoint as for the single-process one, and both resume (one
    process, and R ranks from the single-process checkpoint) give the same next losses.
-3. Prints the communication the trainer measured (bytes per step per rank, share of time).
+3. Evaluation: `moe eval` in one process of both final checkpoints gives the same
+   validation loss: within --tol when both runs routed every step identically, within
+   --eval-tol-parted (1e-2 by default) once they routed a batch differently and went their
+   own ways (on the language recipe with plain sums: parted at step 23, 3.4e-3 apart).
+4. With --bitwise-checkpoints (for train.reduction_groups > 1, whose sums do not depend
+   on R): both final checkpoints hold the same tensors with the same bits, the optimizer's
+   moments ("optim.*") included, and both validation losses are equal.
+5. Prints the communication the trainer measured (bytes per step per rank, share of time).
 
 Exit status 0 when every check passes. --svg FILE draws both loss curves (for the docs),
 --json FILE writes the figures.
@@ -75,6 +82,43 @@ def eval_loss(moe, ckpt, log):
     return json.loads(out.stdout)["loss"]
 
 
+def read_safetensors(path):
+    """name -> (dtype, shape, raw bytes) of a .safetensors file, without the package: an
+    8-byte little-endian header length, a JSON header, then the tensors' raw data."""
+    with open(path, "rb") as f:
+        blob = f.read()
+    if len(blob) < 8:
+        sys.exit(f"distributed_check: {path}: {len(blob)} bytes, too short for safetensors")
+    n = int.from_bytes(blob[:8], "little")
+    if 8 + n > len(blob):
+        sys.exit(f"distributed_check: {path}: header length {n} past the end of the file")
+    header = json.loads(blob[8:8 + n])
+    data = blob[8 + n:]
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = info["data_offsets"]
+        out[name] = (info["dtype"], tuple(info["shape"]), data[begin:end])
+    return out
+
+
+def compare_checkpoints(a_path, b_path):
+    """Mismatches between two checkpoints, tensor by tensor and bit for bit: a list of
+    messages, each naming the tensor (empty when they are identical)."""
+    a, b = read_safetensors(a_path), read_safetensors(b_path)
+    problems = [f"{n}: only in {a_path}" for n in sorted(set(a) - set(b))]
+    problems += [f"{n}: only in {b_path}" for n in sorted(set(b) - set(a))]
+    for name in sorted(set(a) & set(b)):
+        (da, sa, ra), (db, sb, rb) = a[name], b[name]
+        if (da, sa) != (db, sb):
+            problems.append(f"{name}: {da}{list(sa)} vs {db}{list(sb)}")
+        elif ra != rb:
+            first = next(i for i in range(len(ra)) if ra[i] != rb[i])
+            problems.append(f"{name}: bits differ (first at byte {first} of {len(ra)})")
+    return problems, len(a)
+
+
 def rel(a, b):
     return abs(a - b) / max(abs(b), 1e-12)
 
@@ -131,6 +175,11 @@ def main():
     ap.add_argument("--resume-steps", type=int, default=10,
                     help="steps run after resuming, for the checkpoint checks")
     ap.add_argument("--tol", type=float, default=1e-4, help="relative tolerance")
+    ap.add_argument("--eval-tol-parted", type=float, default=1e-2,
+                    help="relative tolerance between the two checkpoints' validation losses "
+                         "when the runs' routing parted (else --tol)")
+    ap.add_argument("--bitwise-checkpoints", action="store_true",
+                    help="demand bit-identical final checkpoints (train.reduction_groups > 1)")
     ap.add_argument("--min-same-steps", type=int, default=5,
                     help="fail if routing differs before this many steps have run")
     ap.add_argument("--out", required=True, help="directory for the runs")
@@ -190,9 +239,28 @@ def main():
 
     # Checkpoints are interchangeable: the one saved by R ranks and the one saved by one
     # process each resume identically in one process and on R ranks.
-    e_r = eval_loss(a.moe, os.path.join(multi_dir, "checkpoint.safetensors"),
-                    multi_dir + ".eval.log")
-    print(f"moe eval (1 process) of the {a.ranks}-rank checkpoint: validation loss {e_r:.6f}")
+    ck_1 = os.path.join(single_dir, "checkpoint.safetensors")
+    ck_r = os.path.join(multi_dir, "checkpoint.safetensors")
+    e_1 = eval_loss(a.moe, ck_1, single_dir + ".eval.log")
+    e_r = eval_loss(a.moe, ck_r, multi_dir + ".eval.log")
+    eval_diff = rel(e_r, e_1)
+    eval_tol = 0.0 if a.bitwise_checkpoints else a.tol if first_diff is None \
+        else a.eval_tol_parted
+    print(f"moe eval (1 process): validation loss {e_1:.6f} of the 1-process checkpoint, "
+          f"{e_r:.6f} of the {a.ranks}-rank one: rel. diff {eval_diff:.1e} "
+          f"(tolerance {eval_tol:g})")
+    if eval_diff > eval_tol:
+        failures.append(f"validation losses differ by {eval_diff:.2e} relative "
+                        f"(1 process {e_1!r}, {a.ranks} ranks {e_r!r})")
+    if a.bitwise_checkpoints:
+        problems, n = compare_checkpoints(ck_1, ck_r)
+        if problems:
+            for p in problems[:20]:
+                print(f"  checkpoint mismatch: {p}")
+            failures.append(f"{len(problems)} of {n} checkpoint tensors differ between 1 "
+                            f"process and {a.ranks} ranks, first {problems[0]}")
+        else:
+            print(f"final checkpoints bit-identical: all {n} tensors, optimizer state included")
     worst_resume = 0.0
     more = ["--resume", "--set", f"train.steps={total}"]
     for origin, origin_dir in (("1-process", single_dir), (f"{a.ranks}-rank", multi_dir)):
@@ -238,7 +306,8 @@ def main():
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"ranks": a.ranks, "steps": a.steps, "max_rel_diff": worst,
-                       "first_routing_difference": first_diff, "eval_ranks": e_r,
+                       "first_routing_difference": first_diff, "eval_single": e_1,
+                       "eval_ranks": e_r,
                        "resume_max_rel_diff": worst_resume,
                        "single": single, "multi": multi, "comm": comm}, f, indent=1)
     if failures:

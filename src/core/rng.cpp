@@ -59,6 +59,19 @@ float Rng::normal() {
     return float(r * std::cos(a));
 }
 
+void Rng::discard(uint64_t n) {
+    for (uint64_t i = 0; i < n; ++i) next_u64();
+}
+
+void Rng::discard_normals(uint64_t n) {
+    if (n > 0 && has_spare_) {
+        has_spare_ = false;
+        --n;
+    }
+    discard(2 * (n / 2));  // whole pairs
+    if (n % 2) normal();   // the first of a pair; its spare is the next draw
+}
+
 Rng Rng::fork(uint64_t stream) const {
     uint64_t x = seed_ ^ (0xd1b54a32d192ed03ull * (stream + 1));
     return Rng(splitmix64(x));

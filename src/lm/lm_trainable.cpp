@@ -66,6 +66,7 @@ double LmTrainable::train_forward(int64_t step) {
     fo.domains = labels_.data() + mine;
     fo.training = true;
     fo.seed = seed_ * 0x9e3779b97f4a7c15ull + uint64_t(step);
+    fo.first_token = rank_ * Bl_ * T_;  // this rank's rows start at row rank*Bl of the batch
     // This rank's share of the batch's targets, so the ranks' losses add up.
     fo.loss_share = ranks_ == 1
                         ? 1.0

@@ -229,6 +229,7 @@ double TransformerLM::forward(const int32_t* tokens, const int32_t* targets, int
             extras.labels = opt.domains;
             extras.training = opt.training;
             extras.seed = opt.seed * 1000003ull + l;  // a different noise stream per layer
+            extras.first_token = opt.first_token;
             router_loss_ += moe_[l]->forward(x_out, a(A.ffn_norm_out), N, extras);
         } else {
             MOE_PROFILE_SCOPE("dense_ffn_fwd");

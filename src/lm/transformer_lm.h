@@ -52,6 +52,10 @@ struct ForwardOptions {
     const int32_t* domains = nullptr;  // [B, T] domain label of each token (assigned router)
     bool training = false;             // router noise and jitter, routing by label
     uint64_t seed = 0;                 // router noise and jitter come from this seed
+    // Global index of this forward's first token (row b, position t is token b*T + t) in the
+    // whole batch: a rank holding rows [r*Bl, (r+1)*Bl) passes r*Bl*T, so the router noise
+    // and jitter its tokens get are those of one process running the whole batch.
+    int64_t first_token = 0;
     // This process's share of the batch's targets (data parallelism: local / global target
     // count). forward returns the mean cross-entropy times it and backward scales the
     // gradient likewise, so the ranks' losses and gradients add up to the whole batch's.

@@ -29,6 +29,11 @@ struct RouterInput {
     const int32_t* labels = nullptr;     // [T] domain of each token, -1 = none, or null
     bool training = false;               // noise, jitter, assigned routing by label
     uint64_t seed = 0;                   // noise and jitter come from Rng(seed)
+    // Global index of token 0 among the batch's tokens. Token t's noise and jitter are the
+    // draws of token first_token + t in the batch's stream, so ranks that each hold a share
+    // of a batch (expert or data parallelism) draw what one process running the whole batch
+    // would, rather than all repeating the noise of the batch's first tokens.
+    int64_t first_token = 0;
 };
 
 // Balancing and auxiliary losses of one forward. `*_loss` are the unweighted values;

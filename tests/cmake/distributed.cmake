@@ -1,11 +1,14 @@
 # `mpirun -np R moe train` against one process on the language recipe (50 steps each),
 # plus checkpoints saved by either resuming identically on both: scripts/distributed_check.py.
 #   - train.reduction_groups=4 (canonical gradient sums): every step's loss equal to 1e-12
-#     (only the final sum of the reported loss differs) and the routing identical at all 50
-#     steps, on 2 and on 4 ranks;
+#     (only the final sum of the reported loss differs), the routing identical at all 50
+#     steps, and the final checkpoints bit-identical tensor by tensor (optimizer state
+#     included), on 2 and on 4 ranks; on 2 ranks also with noisy_topk and router jitter,
+#     whose noise is drawn by global token index;
 #   - plain sums (reduction_groups=1): the MoE recipe agrees to 1e-4 while both runs route
 #     every batch identically (top-k routing is discontinuous, see the script), the dense
-#     variant at every step.
+#     variant at every step; both final checkpoints' validation losses agree to 1e-4 if
+#     routing never parted, else to 1e-2 (the runs then go their own ways).
 if(MPIEXEC_EXECUTABLE)
   set(_check ${PROJECT_SOURCE_DIR}/scripts/distributed_check.py)
   set(_run --moe $<TARGET_FILE:moe_cli> --mpirun ${MPIEXEC_EXECUTABLE}
@@ -13,8 +16,14 @@ if(MPIEXEC_EXECUTABLE)
   foreach(np 2 4)
     add_test(NAME mpi.train_lm_matches_single_process.np${np}
              COMMAND python3 ${_check} ${_run} --ranks ${np} --tol 1e-12 --min-same-steps 50
-                     --set train.reduction_groups=4 --out ${CMAKE_BINARY_DIR}/distributed_np${np})
+                     --bitwise-checkpoints --set train.reduction_groups=4
+                     --out ${CMAKE_BINARY_DIR}/distributed_np${np})
   endforeach()
+  add_test(NAME mpi.train_lm_noisy_router_matches_single_process.np2
+           COMMAND python3 ${_check} ${_run} --ranks 2 --tol 1e-12 --min-same-steps 50
+                   --resume-steps 3 --bitwise-checkpoints --set train.reduction_groups=4
+                   --set "moe.router=\"noisy_topk\"" --set moe.jitter=0.1
+                   --out ${CMAKE_BINARY_DIR}/distributed_noisy_np2)
   add_test(NAME mpi.train_lm_plain_sums_until_routing_differs.np2
            COMMAND python3 ${_check} ${_run} --ranks 2 --resume-steps 3
                    --out ${CMAKE_BINARY_DIR}/distributed_plain_np2)
@@ -23,6 +32,7 @@ if(MPIEXEC_EXECUTABLE)
                    --set "model.ffn=\"dense\"" --out ${CMAKE_BINARY_DIR}/distributed_dense_np2)
   set_tests_properties(mpi.train_lm_matches_single_process.np2
                        mpi.train_lm_matches_single_process.np4
+                       mpi.train_lm_noisy_router_matches_single_process.np2
                        mpi.train_lm_plain_sums_until_routing_differs.np2
                        mpi.train_lm_dense_plain_sums.np2
                        PROPERTIES TIMEOUT 900 RUN_SERIAL TRUE)

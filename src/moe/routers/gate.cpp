@@ -108,7 +108,10 @@ void GateRouter<R>::gate_forward(const RouterInput<R>& in) {
     const R* xg = in.x;
     jittered_ = in.training && this->cfg_.jitter > 0;
     if (jittered_) {
+        // Token t's multipliers are those of global token first_token + t (RouterInput).
+        MOE_CHECK(in.first_token >= 0, this->name(), ": first_token=", in.first_token, " < 0");
         Rng rng = Rng(in.seed).fork(1);
+        rng.discard(uint64_t(in.first_token) * uint64_t(d_));
         const double j = this->cfg_.jitter;
         for (int64_t i = 0; i < T * d_; ++i) {
             jitter_noise_[i] = R(1.0 - j + 2.0 * j * double(rng.uniform()));

@@ -56,7 +56,8 @@ class GateRouter : public Router<R> {
     // ---- the linear gate ----
     // logits_[T, E] = xg @ w^T + b, where xg = x, or, in training with cfg.jitter > 0,
     // x * U(1 - jitter, 1 + jitter) elementwise with noise from Rng(in.seed).fork(1)
-    // (fork 1 so a router's own noise from Rng(in.seed) is independent of the jitter).
+    // (fork 1 so a router's own noise from Rng(in.seed) is independent of the jitter);
+    // token t gets the multipliers of token in.first_token + t of that stream.
     void gate_forward(const RouterInput<R>& in);
     // d_logits: [T, E]. Accumulates d_w += d_logits^T xg, d_b += column sums of d_logits,
     // d_x [T, d] += (d_logits @ w) * noise.

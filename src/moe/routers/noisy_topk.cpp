@@ -2,6 +2,7 @@
 //
 //   clean = x @ w^T + b        sd = softplus(x @ w_noise^T)        [T, E]
 //   H = clean + eps * sd       eps ~ N(0, 1) from Rng(in.seed) in training; H = clean in eval
+//                              (token t draws as token in.first_token + t of the batch)
 //   keep the top k of H per token; gates = softmax over the kept H (0 elsewhere)
 //   importance = CV^2(sum_t gates[t, :])
 //   load       = CV^2(sum_t P[t, :]),  P[t, i] = Phi((clean_i - kth_excl(H_t, k, i)) / sd_i)
@@ -146,7 +147,10 @@ void NoisyTopkRouter<R>::forward(const RouterInput<R>& in, RoutingPlan<R>& plan,
     if (training_ && fixed_noise_) {
         std::copy(fixed_noise_, fixed_noise_ + T * E, eps_);
     } else if (training_) {
-        Rng rng(in.seed);  // t-major order: token t's draws are eps_[t*E, (t+1)*E)
+        // t-major order: global token g's draws are the stream's [g*E, (g+1)*E).
+        MOE_CHECK(in.first_token >= 0, "noisy_topk: first_token=", in.first_token, " < 0");
+        Rng rng(in.seed);
+        rng.discard_normals(uint64_t(in.first_token) * uint64_t(E));
         for (int64_t i = 0; i < T * E; ++i) eps_[i] = R(rng.normal());
     } else {
         std::fill(eps_, eps_ + T * E, R(0));
