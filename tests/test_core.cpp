@@ -106,23 +106,6 @@ TEST(Rng, SameSeedSameSequenceAndSaneMoments) {
     EXPECT_EQ(Rng(1).fork(3).next_u64(), Rng(1).fork(3).next_u64());
 }
 
-// Skipping ahead lands where drawing would: ranks draw their tokens' noise this way.
-TEST(Rng, DiscardMatchesDrawing) {
-    for (uint64_t skip : {0, 1, 2, 5, 6, 33}) {
-        Rng drawn(9), skipped(9);
-        for (uint64_t i = 0; i < skip; ++i) drawn.uniform();
-        skipped.discard(skip);
-        EXPECT_EQ(drawn.uniform(), skipped.uniform()) << skip;
-        for (uint64_t pre : {0, 1}) {  // with and without a spare normal pending
-            Rng dn(3), sn(3);
-            for (uint64_t i = 0; i < pre; ++i) dn.normal(), sn.normal();
-            for (uint64_t i = 0; i < skip; ++i) dn.normal();
-            sn.discard_normals(skip);
-            for (int i = 0; i < 3; ++i) EXPECT_EQ(dn.normal(), sn.normal()) << skip << " " << pre;
-        }
-    }
-}
-
 TEST(DType, Bf16RoundsToNearestEven) {
     EXPECT_EQ(f32_to_bf16(1.0f), 0x3f80);
     EXPECT_EQ(bf16_to_f32(0x3f80), 1.0f);

@@ -110,10 +110,12 @@ TEST(NoisyTopk, GatesUseRngNoiseInTrainingAndNoneInEvaluation) {
     EXPECT_TRUE(test::all_close(h.dense_weights(),
                                 expected_gates(h, x.data(), T, std::vector<double>(T * E, 0.0)),
                                 1e-14, 1e-13));
-    // Training: eps[t, e] is the (t*E + e)-th normal of Rng(seed).
-    Rng rng(123);
+    // Training: eps[t, e] is the e-th normal of token t's stream, Rng(seed).fork(t).
     std::vector<double> eps(size_t(T * E));
-    for (auto& v : eps) v = rng.normal();
+    for (int64_t t = 0; t < T; ++t) {
+        Rng rng = Rng(123).fork(uint64_t(t));
+        for (int64_t e = 0; e < E; ++e) eps[size_t(t * E + e)] = rng.normal();
+    }
     h.forward(x.data(), T, true, 123);
     const auto train = h.dense_weights();
     EXPECT_TRUE(test::all_close(train, expected_gates(h, x.data(), T, eps), 1e-14, 1e-13));

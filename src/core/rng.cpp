@@ -13,7 +13,9 @@ uint64_t splitmix64(uint64_t& x) {
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
     return z ^ (z >> 31);
 }
-uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+uint64_t rotl(uint64_t x, int k) {
+    return (x << k) | (x >> (64 - k));
+}
 }  // namespace
 
 Rng::Rng(uint64_t seed) : seed_(seed) {
@@ -33,7 +35,9 @@ uint64_t Rng::next_u64() {
     return result;
 }
 
-float Rng::uniform() { return float(next_u64() >> 40) * (1.0f / 16777216.0f); }
+float Rng::uniform() {
+    return float(next_u64() >> 40) * (1.0f / 16777216.0f);
+}
 
 uint64_t Rng::below(uint64_t n) {
     MOE_CHECK(n > 0, "Rng::below(0)");
@@ -57,19 +61,6 @@ float Rng::normal() {
     spare_ = float(r * std::sin(a));
     has_spare_ = true;
     return float(r * std::cos(a));
-}
-
-void Rng::discard(uint64_t n) {
-    for (uint64_t i = 0; i < n; ++i) next_u64();
-}
-
-void Rng::discard_normals(uint64_t n) {
-    if (n > 0 && has_spare_) {
-        has_spare_ = false;
-        --n;
-    }
-    discard(2 * (n / 2));  // whole pairs
-    if (n % 2) normal();   // the first of a pair; its spare is the next draw
 }
 
 Rng Rng::fork(uint64_t stream) const {

@@ -9,7 +9,7 @@
 namespace moe {
 
 class Rng {
-public:
+  public:
     explicit Rng(uint64_t seed = 0);
 
     uint64_t next_u64();
@@ -19,15 +19,10 @@ public:
     uint64_t below(uint64_t n);
     // Standard normal.
     float normal();
-    // Skips ahead: the state after n next_u64() (or uniform()) calls, in O(n) cheap steps.
-    void discard(uint64_t n);
-    // The state after n normal() calls, without computing them: a pair of normals costs
-    // exactly two next_u64(), so this is as cheap as discard.
-    void discard_normals(uint64_t n);
     // An independent generator for a named stream (e.g. one per parameter).
     Rng fork(uint64_t stream) const;
 
-private:
+  private:
     uint64_t s_[4];
     uint64_t seed_;
     bool has_spare_ = false;

@@ -1,7 +1,7 @@
 // The shared linear gate of the token-choice routers: declaration of parameters and
 // buffers, logits with optional jitter, and the balancing losses. See gate.h.
 //
-// Per-token loops run over OpenMP threads when a batch has at least kParallelMin logits;
+// Per-token loops run over the threads (core/parallel_for.h) when a batch has at least kParallelMin logits;
 // every reduction over tokens (P_i, importance, the losses) is a serial loop in double,
 // so results are identical for any thread count. At T=4096, E=64 these loops are about
 // 1% of the layer's time (the expert GEMMs are 25 GFLOP), so they stay simple.
@@ -11,6 +11,7 @@
 #include <cmath>
 
 #include "core/check.h"
+#include "core/parallel_for.h"
 #include "kernels/softmax.h"
 #include "nn/linear.h"
 
@@ -108,15 +109,20 @@ void GateRouter<R>::gate_forward(const RouterInput<R>& in) {
     const R* xg = in.x;
     jittered_ = in.training && this->cfg_.jitter > 0;
     if (jittered_) {
-        // Token t's multipliers are those of global token first_token + t (RouterInput).
+        // Token t's d multipliers come from a stream of its own, that of global token
+        // first_token + t (RouterInput): ranks holding shares of a batch draw what one process
+        // draws, at no cost for skipping the other ranks' tokens.
         MOE_CHECK(in.first_token >= 0, this->name(), ": first_token=", in.first_token, " < 0");
-        Rng rng = Rng(in.seed).fork(1);
-        rng.discard(uint64_t(in.first_token) * uint64_t(d_));
+        const Rng jitter_stream = Rng(in.seed).fork(1);
         const double j = this->cfg_.jitter;
-        for (int64_t i = 0; i < T * d_; ++i) {
-            jitter_noise_[i] = R(1.0 - j + 2.0 * j * double(rng.uniform()));
-            jitter_x_[i] = in.x[i] * jitter_noise_[i];
-        }
+        const int64_t d = d_;
+        parallel_for(T, T * d >= kParallelMin, [&](int64_t t) {
+            Rng rng = jitter_stream.fork(uint64_t(in.first_token + t));
+            for (int64_t i = t * d; i < (t + 1) * d; ++i) {
+                jitter_noise_[i] = R(1.0 - j + 2.0 * j * double(rng.uniform()));
+                jitter_x_[i] = in.x[i] * jitter_noise_[i];
+            }
+        });
         xg = jitter_x_;
     }
     nn::linear_forward(logits_, xg, w_, b_, T, d_, E_);
@@ -172,8 +178,7 @@ template <class R>
 void GateRouter<R>::topk_rows(int32_t* idx, const R* v, int64_t T, int64_t E, int64_t k) {
     // idx: [T, k], v: [T, E]
     MOE_CHECK(k >= 1 && k <= E, "topk_rows: k=", k, " with E=", E);
-#pragma omp parallel for schedule(static) if (T * E >= kParallelMin)
-    for (int64_t t = 0; t < T; ++t) {
+    parallel_for(T, T * E >= kParallelMin, [&](int64_t t) {
         const R* row = v + t * E;
         int32_t* out = idx + t * k;
         int64_t n = 0;  // entries kept so far, in descending order
@@ -188,7 +193,7 @@ void GateRouter<R>::topk_rows(int32_t* idx, const R* v, int64_t T, int64_t E, in
             out[p] = int32_t(e);
             if (n < k) ++n;
         }
-    }
+    });
 }
 
 template <class R>

@@ -22,6 +22,7 @@
 #include <memory>
 
 #include "core/check.h"
+#include "core/parallel_for.h"
 #include "moe/routers/constructors.h"
 #include "moe/routers/gate.h"
 #include "nn/linear.h"
@@ -147,25 +148,26 @@ void NoisyTopkRouter<R>::forward(const RouterInput<R>& in, RoutingPlan<R>& plan,
     if (training_ && fixed_noise_) {
         std::copy(fixed_noise_, fixed_noise_ + T * E, eps_);
     } else if (training_) {
-        // t-major order: global token g's draws are the stream's [g*E, (g+1)*E).
+        // Token t's E normals come from the stream of global token first_token + t, so ranks
+        // holding shares of a batch draw what one process draws.
         MOE_CHECK(in.first_token >= 0, "noisy_topk: first_token=", in.first_token, " < 0");
-        Rng rng(in.seed);
-        rng.discard_normals(uint64_t(in.first_token) * uint64_t(E));
-        for (int64_t i = 0; i < T * E; ++i) eps_[i] = R(rng.normal());
+        const Rng noise(in.seed);
+        parallel_for(T, T * E >= kParallelMin, [&](int64_t t) {
+            Rng rng = noise.fork(uint64_t(in.first_token + t));
+            for (int64_t e = 0; e < E; ++e) eps_[t * E + e] = R(rng.normal());
+        });
     } else {
         std::fill(eps_, eps_ + T * E, R(0));
     }
-#pragma omp parallel for schedule(static) if (T * E >= kParallelMin)
-    for (int64_t i = 0; i < T * E; ++i) {
+    parallel_for(T * E, T * E >= kParallelMin, [&](int64_t i) {
         sd_[i] = R(softplus(double(raw_[i])));
         h_[i] = this->logits_[i] + eps_[i] * sd_[i];
-    }
+    });
 
     // Top k (+1 for the load threshold) of H; the gates are a softmax over the kept k.
     GateRouter<R>::topk_rows(top_, h_, T, E, top);
     std::fill(this->probs_, this->probs_ + T * E, R(0));
-#pragma omp parallel for schedule(static) if (T * E >= kParallelMin)
-    for (int64_t t = 0; t < T; ++t) {
+    parallel_for(T, T * E >= kParallelMin, [&](int64_t t) {
         const R* h = h_ + t * E;
         const int32_t* tp = top_ + t * top;
         int32_t* ce = this->choice_expert_ + t * k;
@@ -192,7 +194,7 @@ void NoisyTopkRouter<R>::forward(const RouterInput<R>& in, RoutingPlan<R>& plan,
             z_[ti] = R(z);
             p_[ti] = normal_cdf(z);
         }
-    }
+    });
     // Summed serially in token order: the same load for any thread count.
     std::fill(load_, load_ + E, 0.0);
     for (int64_t t = 0; t < T; ++t)
@@ -234,8 +236,7 @@ void NoisyTopkRouter<R>::backward(const RouterInput<R>& in, const RoutingPlan<R>
     std::fill(d_h_, d_h_ + T * E, R(0));
     std::fill(d_sd_, d_sd_ + T * E, R(0));
     std::fill(this->d_logits_, this->d_logits_ + T * E, R(0));
-#pragma omp parallel for schedule(static) if (T * E >= kParallelMin)
-    for (int64_t t = 0; t < T; ++t) {
+    parallel_for(T, T * E >= kParallelMin, [&](int64_t t) {
         const R* g = this->choice_weight_ + t * k;
         const R* dg = this->d_choice_weight_ + t * k;
         double dot = 0;
@@ -243,12 +244,11 @@ void NoisyTopkRouter<R>::backward(const RouterInput<R>& in, const RoutingPlan<R>
         for (int64_t j = 0; j < k; ++j)
             d_h_[t * E + this->choice_expert_[t * k + j]] +=
                 R(double(g[j]) * (double(dg[j]) - dot));
-    }
+    });
     // Load: P = Phi(z), z = (clean_i - H_thr) / sd_i.
     // Every write stays in token t's row, so tokens run in parallel.
     if (cfg.load_coef != 0) {
-#pragma omp parallel for schedule(static) if (T * E >= kParallelMin)
-        for (int64_t t = 0; t < T; ++t)
+        parallel_for(T, T * E >= kParallelMin, [&](int64_t t) {
             for (int64_t i = 0; i < E; ++i) {
                 const int64_t ti = t * E + i;
                 if (thr_[ti] < 0) continue;
@@ -258,14 +258,14 @@ void NoisyTopkRouter<R>::backward(const RouterInput<R>& in, const RoutingPlan<R>
                 d_h_[t * E + thr_[ti]] -= R(dz / sd);
                 d_sd_[ti] -= R(dz * z / sd);
             }
+        });
     }
     // H = clean + eps * sd; sd = softplus(raw).
-#pragma omp parallel for schedule(static) if (T * E >= kParallelMin)
-    for (int64_t i = 0; i < T * E; ++i) {
+    parallel_for(T * E, T * E >= kParallelMin, [&](int64_t i) {
         this->d_logits_[i] += d_h_[i];
         const double dsd = double(d_sd_[i]) + double(d_h_[i]) * double(eps_[i]);
         d_sd_[i] = R(dsd * sigmoid(double(raw_[i])));  // now d raw
-    }
+    });
     this->z_loss_backward(this->d_logits_, T, cfg.z_loss_coef);
     this->gate_backward(in, this->d_logits_, d_x);
     // The noise logits: d w_noise += d_raw^T xg, d x += d_raw @ w_noise (through the jitter).
