@@ -15,6 +15,7 @@
 
 #include "core/threads.h"
 #include "io/config.h"
+#include "moe/moe_block.h"
 #include "moe/moe_layer.h"
 #include "moe_reference.h"
 #include "test_support.h"
@@ -444,9 +445,11 @@ TEST(MoeLayer, RejectsBadUse) {
     MoeConfig soft = c;
     soft.router = "soft";
     soft.causal = false;
-    MoeLayer<float> s(soft, 8);  // handed to SoftMoe (tests/test_soft_moe.cpp tests it)
-    EXPECT_TRUE(s.is_soft());
-    EXPECT_THROW(s.router(), Error);
+    // Soft MoE is its own block (tests/test_soft_moe.cpp tests it): the factory picks it,
+    // and MoeLayer refuses it.
+    EXPECT_EQ(sparse::make_moe_block<float>(soft, 8)->routing_plan(), nullptr);
+    EXPECT_NE(sparse::make_moe_block<float>(c, 8)->routing_plan(), nullptr);
+    EXPECT_THROW(MoeLayer<float>(soft, 8), Error);
     MoeConfig unknown = c;
     unknown.router = "nope";
     try {

@@ -8,8 +8,9 @@
 #include <string>
 
 #include "moe/moe_layer.h"
-#include "moe_reference.h"
 #include "moe/soft_moe.h"
+#include "moe/soft_moe_layer.h"
+#include "moe_reference.h"
 #include "test_support.h"
 
 namespace moe {
@@ -298,8 +299,9 @@ TEST(SoftMoeLayer, TheLayerDelegatesToSoftMoeWithSharedExperts) {
     c.d_shared = 2;
     c.shared_gate = true;
     const std::string prefix = "layers.0.moe.";
-    sparse::MoeLayer<double> layer(c, 8);
-    ASSERT_TRUE(layer.is_soft());
+    const auto block = sparse::make_moe_block<double>(c, 8);
+    ASSERT_EQ(block->routing_plan(), nullptr);
+    sparse::MoeBlock<double>& layer = *block;
     Arena params;
     layer.declare(params, prefix);
     params.allocate();
@@ -348,7 +350,7 @@ TEST(SoftMoeLayer, TheLayerGroupsBySequenceLength) {
     const int64_t T = 8, L = 4, d = 4;
     const MoeConfig c = soft_cfg(2, 2, d, 3);
     const std::string prefix = "layers.0.moe.";
-    sparse::MoeLayer<double> layer(c, T, L);
+    sparse::SoftMoeLayer<double> layer(c, T, L);
     Arena params;
     layer.declare(params, prefix);
     params.allocate();
@@ -375,7 +377,7 @@ TEST(SoftMoe, RefusesACausalModel) {
         EXPECT_NE(msg.find("cannot be used in a causal model"), std::string::npos) << msg;
     }
     try {
-        sparse::MoeLayer<float> layer(c, 8);
+        sparse::make_moe_block<float>(c, 8);
         FAIL() << "the layer accepted soft in a causal model";
     } catch (const Error& e) {
         EXPECT_NE(std::string(e.what()).find("cannot be used in a causal model"), std::string::npos)
