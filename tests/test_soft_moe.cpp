@@ -174,11 +174,10 @@ struct FdCase {
 
 TEST(SoftMoe, GradientsMatchFiniteDifferences) {
     const int64_t d = 4, H = 3;
-    const FdCase cases[] = {{6, 3, 2, 2, sparse::ExpertKind::swiglu},
-                            {7, 0, 1, 3, sparse::ExpertKind::gelu},
-                            {4, 1, 3, 1, sparse::ExpertKind::swiglu},
-                            {8, 4, 3, 2, sparse::ExpertKind::gelu},
-                            {1, 0, 2, 1, sparse::ExpertKind::swiglu}};
+    const FdCase cases[] = {
+        {6, 3, 2, 2, sparse::ExpertKind::swiglu}, {7, 0, 1, 3, sparse::ExpertKind::gelu},
+        {4, 1, 3, 1, sparse::ExpertKind::swiglu}, {8, 4, 3, 2, sparse::ExpertKind::gelu},
+        {1, 0, 2, 1, sparse::ExpertKind::swiglu}, {6, 2, 2, 2, sparse::ExpertKind::relu}};
     for (const FdCase& fc : cases) {
         SCOPED_TRACE("T=" + std::to_string(fc.T) + " L=" + std::to_string(fc.L) +
                      " E=" + std::to_string(fc.E) + " S=" + std::to_string(fc.S));
