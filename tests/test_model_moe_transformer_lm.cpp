@@ -68,7 +68,7 @@ TEST(MoeTransformerVsTorch, RoutingLossAndEveryGradient) {
     for (int64_t l = 0; l < cfg.n_layers; ++l) {
         const auto chosen = fx.get_int("layers." + std::to_string(l) + ".experts_chosen");
         ASSERT_EQ(int64_t(chosen.size()), N * k);
-        const auto& plan = model.moe_layer(l)->plan();
+        const auto& plan = *model.moe_layer(l)->routing_plan();
         std::vector<std::set<int64_t>> got(static_cast<size_t>(N)), want(got);
         for (int64_t e = 0; e < plan.E; ++e)
             for (int64_t r = plan.offsets[e]; r < plan.offsets[e + 1]; ++r)

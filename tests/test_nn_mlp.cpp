@@ -4,6 +4,7 @@
 // and that the scratch is only written, never read.
 #include <cmath>
 #include <limits>
+#include <string>
 
 #include "nn/mlp.h"
 #include "test_support.h"
@@ -104,19 +105,23 @@ class GeluMlpGradient : public ::testing::Test {
     std::vector<double> out = std::vector<double>(size_t(N * C));
     std::vector<double> h = std::vector<double>(size_t(N * H)), act = h;
     bool with_bias = true;
+    bool relu = false;  // the ReLU MLP (same shapes and buffers) instead
 
     const double* B1() const { return with_bias ? b1.data() : nullptr; }
     const double* B2() const { return with_bias ? b2.data() : nullptr; }
     double loss() {
-        nn::gelu_mlp_forward(out.data(), h.data(), act.data(), in.data(), w1.data(), B1(),
-                             w2.data(), B2(), N, C, H);
+        (relu ? nn::relu_mlp_forward<double>
+              : nn::gelu_mlp_forward<double>)(out.data(), h.data(), act.data(), in.data(),
+                                              w1.data(), B1(), w2.data(), B2(), N, C, H);
         return test::weighted_sum(out, w);
     }
     void backward(double* d_in, double* d_w1, double* d_b1, double* d_w2, double* d_b2) {
         loss();
         std::vector<double> scratch(size_t(2 * N * H), NAN);
-        nn::gelu_mlp_backward(d_in, d_w1, d_b1, d_w2, d_b2, scratch.data(), w.data(), in.data(),
-                              h.data(), act.data(), w1.data(), w2.data(), N, C, H);
+        (relu ? nn::relu_mlp_backward<double>
+              : nn::gelu_mlp_backward<double>)(d_in, d_w1, d_b1, d_w2, d_b2, scratch.data(),
+                                               w.data(), in.data(), h.data(), act.data(), w1.data(),
+                                               w2.data(), N, C, H);
     }
     void check_finite_differences() {
         auto L = [&] { return loss(); };
@@ -153,6 +158,28 @@ TEST_F(GeluMlpGradient, WithoutBiasesMatchesFiniteDifferences) {
     with_bias = true;
     loss();
     EXPECT_EQ(out, no_bias);
+}
+
+// ---- ReLU: the GELU MLP's tests with relu. The inputs put no pre-activation within the
+// finite-difference step of the kink at 0 (checked), where the derivative jumps.
+class ReluMlpGradient : public GeluMlpGradient {
+  protected:
+    ReluMlpGradient() { relu = true; }
+    void expect_away_from_the_kink() {
+        loss();
+        for (double v : h) ASSERT_GT(std::abs(v), 1e-3);
+    }
+};
+
+TEST_F(ReluMlpGradient, WithBiasesMatchesFiniteDifferences) {
+    expect_away_from_the_kink();
+    check_finite_differences();
+}
+
+TEST_F(ReluMlpGradient, WithoutBiasesMatchesFiniteDifferences) {
+    with_bias = false;
+    expect_away_from_the_kink();
+    check_finite_differences();
 }
 
 TEST_F(GeluMlpGradient, NullableGradientsAndAccumulation) {
@@ -295,7 +322,7 @@ class MlpFixture : public ::testing::Test {
     }
 
     template <class R>
-    void check_gelu(double atol, double rtol) {
+    void check_gelu(double atol, double rtol, const std::string& kind = "gelu") {
         auto cast = [](const std::vector<double>& v) { return std::vector<R>(v.begin(), v.end()); };
         const auto in = cast(x), d_out = cast(dy), w1 = cast(fx.get("gelu_w1")),
                    b1 = cast(fx.get("gelu_b1")), w2 = cast(fx.get("gelu_w2")),
@@ -324,6 +351,9 @@ TEST_F(MlpFixture, SwigluDoubleMatchesTorch) {
 TEST_F(MlpFixture, GeluDoubleMatchesTorch) {
     check_gelu<double>(1e-13, 1e-12);
 }
+TEST_F(MlpFixture, ReluDoubleMatchesTorch) {
+    check_gelu<double>(1e-13, 1e-12, "relu");
+}
 
 // Float: three chained layers of sums over 8 or 12 terms of order-1 values; each layer
 // adds a few ulp per term, so 256 eps = 3e-5 absolute and 64 eps relative.
@@ -332,6 +362,9 @@ TEST_F(MlpFixture, SwigluFloatMatchesTorch) {
 }
 TEST_F(MlpFixture, GeluFloatMatchesTorch) {
     check_gelu<float>(256 * kEpsF, 64 * kEpsF);
+}
+TEST_F(MlpFixture, ReluFloatMatchesTorch) {
+    check_gelu<float>(256 * kEpsF, 64 * kEpsF, "relu");
 }
 
 }  // namespace

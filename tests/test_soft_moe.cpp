@@ -8,8 +8,9 @@
 #include <string>
 
 #include "moe/moe_layer.h"
-#include "moe_reference.h"
 #include "moe/soft_moe.h"
+#include "moe/soft_moe_layer.h"
+#include "moe_reference.h"
 #include "test_support.h"
 
 namespace moe {
@@ -173,11 +174,10 @@ struct FdCase {
 
 TEST(SoftMoe, GradientsMatchFiniteDifferences) {
     const int64_t d = 4, H = 3;
-    const FdCase cases[] = {{6, 3, 2, 2, sparse::ExpertKind::swiglu},
-                            {7, 0, 1, 3, sparse::ExpertKind::gelu},
-                            {4, 1, 3, 1, sparse::ExpertKind::swiglu},
-                            {8, 4, 3, 2, sparse::ExpertKind::gelu},
-                            {1, 0, 2, 1, sparse::ExpertKind::swiglu}};
+    const FdCase cases[] = {
+        {6, 3, 2, 2, sparse::ExpertKind::swiglu}, {7, 0, 1, 3, sparse::ExpertKind::gelu},
+        {4, 1, 3, 1, sparse::ExpertKind::swiglu}, {8, 4, 3, 2, sparse::ExpertKind::gelu},
+        {1, 0, 2, 1, sparse::ExpertKind::swiglu}, {6, 2, 2, 2, sparse::ExpertKind::relu}};
     for (const FdCase& fc : cases) {
         SCOPED_TRACE("T=" + std::to_string(fc.T) + " L=" + std::to_string(fc.L) +
                      " E=" + std::to_string(fc.E) + " S=" + std::to_string(fc.S));
@@ -298,8 +298,9 @@ TEST(SoftMoeLayer, TheLayerDelegatesToSoftMoeWithSharedExperts) {
     c.d_shared = 2;
     c.shared_gate = true;
     const std::string prefix = "layers.0.moe.";
-    sparse::MoeLayer<double> layer(c, 8);
-    ASSERT_TRUE(layer.is_soft());
+    const auto block = sparse::make_moe_block<double>(c, 8);
+    ASSERT_EQ(block->routing_plan(), nullptr);
+    sparse::MoeBlock<double>& layer = *block;
     Arena params;
     layer.declare(params, prefix);
     params.allocate();
@@ -348,7 +349,7 @@ TEST(SoftMoeLayer, TheLayerGroupsBySequenceLength) {
     const int64_t T = 8, L = 4, d = 4;
     const MoeConfig c = soft_cfg(2, 2, d, 3);
     const std::string prefix = "layers.0.moe.";
-    sparse::MoeLayer<double> layer(c, T, L);
+    sparse::SoftMoeLayer<double> layer(c, T, L);
     Arena params;
     layer.declare(params, prefix);
     params.allocate();
@@ -375,7 +376,7 @@ TEST(SoftMoe, RefusesACausalModel) {
         EXPECT_NE(msg.find("cannot be used in a causal model"), std::string::npos) << msg;
     }
     try {
-        sparse::MoeLayer<float> layer(c, 8);
+        sparse::make_moe_block<float>(c, 8);
         FAIL() << "the layer accepted soft in a causal model";
     } catch (const Error& e) {
         EXPECT_NE(std::string(e.what()).find("cannot be used in a causal model"), std::string::npos)

@@ -18,6 +18,13 @@ void gelu_forward(double* y, const double* x, int64_t n);
 void gelu_backward(float* dx, const float* dy, const float* x, int64_t n);
 void gelu_backward(double* dx, const double* dy, const double* x, int64_t n);
 
+// ReLU: y = max(x, 0).   dx += dy where x > 0 (the subgradient 0 at x = 0, as PyTorch).
+// One comparison per element: the same plain loop serves both precisions.
+void relu_forward(float* y, const float* x, int64_t n);
+void relu_forward(double* y, const double* x, int64_t n);
+void relu_backward(float* dx, const float* dy, const float* x, int64_t n);
+void relu_backward(double* dx, const double* dy, const double* x, int64_t n);
+
 // SwiGLU gate: y = silu(a) * b.   da += dy * b * silu'(a),  db += dy * silu(a).
 void swiglu_forward(float* y, const float* a, const float* b, int64_t n);
 void swiglu_forward(double* y, const double* a, const double* b, int64_t n);

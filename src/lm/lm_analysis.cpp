@@ -13,8 +13,9 @@ namespace {
 void count_usage(const lm::TransformerLM& model, LmAnalysis& a, int64_t domain) {
     for (size_t i = 0; i < a.moe_layers.size(); ++i) {
         const auto* layer = model.moe_layer(a.moe_layers[i]);
-        if (layer->is_soft()) continue;  // Soft MoE mixes tokens: no per-token route to count
-        const auto& plan = layer->plan();
+        const auto* routed = layer->routing_plan();
+        if (!routed) continue;  // Soft MoE mixes tokens: no per-token route to count
+        const auto& plan = *routed;
         auto& row = a.usage[i][size_t(domain)];
         for (int64_t e = 0; e < plan.E; ++e) row[size_t(e)] += plan.count(e);
     }

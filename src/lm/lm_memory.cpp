@@ -26,7 +26,7 @@ LmMemory estimate_lm_memory(const LmConfig& cfg, int64_t max_batch, bool trainin
     p = sat_add(p, sat_mul(sat_add(sat_product({4, C, C}), sat_product({2, C})), uint64_t(L)));
     p = sat_add(p, sat_product({dense_layers, 3, H, C}));
     if (moe_layers > 0) {
-        const int64_t mats = m.expert == sparse::ExpertKind::gelu ? 2 : 3;
+        const int64_t mats = m.expert == sparse::ExpertKind::swiglu ? 3 : 2;
         const int64_t d_shared = m.d_shared > 0 ? m.d_shared : m.d_expert;
         uint64_t per_layer = sat_product({m.n_experts, mats, m.d_expert, C});
         per_layer = sat_add(per_layer, sat_product({m.n_experts, C + 1}));  // gate and bias

@@ -70,7 +70,7 @@ TransformerLM::TransformerLM(const LmConfig& cfg, int64_t max_batch, comm::Comm*
             sparse::MoeConfig m = cfg.moe;
             m.d_model = C;
             m.causal = true;
-            moe_.push_back(std::make_unique<sparse::MoeLayer<float>>(m, N, T));
+            moe_.push_back(sparse::make_moe_block<float>(m, N, T));
             moe_.back()->set_expert_parallel(expert_parallel);
             moe_.back()->declare(params_, p + "moe.");
         } else {
@@ -136,7 +136,7 @@ std::vector<ShardedParam> TransformerLM::sharded_params() const {
     std::vector<ShardedParam> out;
     for (size_t l = 0; l < moe_.size(); ++l) {
         const auto& m = moe_[l];
-        if (!m || m->is_soft()) continue;
+        if (!m || !m->routing_plan()) continue;  // Soft MoE is never expert-parallel
         const std::string prefix = "layers." + std::to_string(l) + ".moe.experts.";
         for (const auto& e : params_.entries())
             if (e.name.compare(0, prefix.size(), prefix) == 0)

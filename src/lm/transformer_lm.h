@@ -21,7 +21,7 @@
 #include <vector>
 
 #include "core/arena.h"
-#include "moe/moe_layer.h"
+#include "moe/moe_block.h"
 #include "nn/attention.h"
 #include "nn/kv_cache.h"
 
@@ -104,7 +104,7 @@ class TransformerLM {
     int64_t generated_length() const { return gen_length_; }
 
     // The MoE layer of `layer`, or null for a dense layer.
-    sparse::MoeLayer<float>* moe_layer(int64_t layer) const { return moe_[size_t(layer)].get(); }
+    sparse::MoeBlock<float>* moe_layer(int64_t layer) const { return moe_[size_t(layer)].get(); }
 
     // [B, T, vocab] logits of the last forward without targets.
     const float* logits() const { return logits_; }
@@ -138,7 +138,7 @@ class TransformerLM {
     int tok_emb_, final_norm_, lm_head_;
     std::vector<LayerParams> lp_;
     std::vector<LayerActs> la_;
-    std::vector<std::unique_ptr<sparse::MoeLayer<float>>> moe_;  // null for dense layers
+    std::vector<std::unique_ptr<sparse::MoeBlock<float>>> moe_;  // null for dense layers
     double router_loss_ = 0;
 
     // Generation state (decode_ arena: KV caches and one token's buffers).

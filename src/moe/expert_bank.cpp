@@ -164,6 +164,10 @@ void ExpertBank<R>::forward_expert(int64_t e, R* ys, const R* xs, const int64_t*
     if (kind_ == ExpertKind::swiglu) {
         nn::swiglu_mlp_forward(ys + o * d_, h1_ + o * H_, h3_ + o * H_, act_ + o * H_, xs + o * d_,
                                w1_ + wo, w3_ + wo, w2_ + wo, n, d_, H_);
+    } else if (kind_ == ExpertKind::relu) {
+        nn::relu_mlp_forward(ys + o * d_, h1_ + o * H_, act_ + o * H_, xs + o * d_, w1_ + wo,
+                             static_cast<const R*>(nullptr), w2_ + wo,
+                             static_cast<const R*>(nullptr), n, d_, H_);
     } else {
         nn::gelu_mlp_forward(ys + o * d_, h1_ + o * H_, act_ + o * H_, xs + o * d_, w1_ + wo,
                              static_cast<const R*>(nullptr), w2_ + wo,
@@ -181,6 +185,11 @@ void ExpertBank<R>::backward_expert(int64_t e, R* d_xs, const R* d_ys, const R* 
         nn::swiglu_mlp_backward(dx, d_w1_ + wo, d_w3_ + wo, d_w2_ + wo, scratch_ + 3 * o * H_,
                                 d_ys + o * d_, xs + o * d_, h1_ + o * H_, h3_ + o * H_,
                                 act_ + o * H_, w1_ + wo, w3_ + wo, w2_ + wo, n, d_, H_);
+    } else if (kind_ == ExpertKind::relu) {
+        nn::relu_mlp_backward(dx, d_w1_ + wo, static_cast<R*>(nullptr), d_w2_ + wo,
+                              static_cast<R*>(nullptr), scratch_ + 2 * o * H_, d_ys + o * d_,
+                              xs + o * d_, h1_ + o * H_, act_ + o * H_, w1_ + wo, w2_ + wo, n, d_,
+                              H_);
     } else {
         nn::gelu_mlp_backward(dx, d_w1_ + wo, static_cast<R*>(nullptr), d_w2_ + wo,
                               static_cast<R*>(nullptr), scratch_ + 2 * o * H_, d_ys + o * d_,

@@ -4,11 +4,11 @@
 // Weights (declared into the model's parameter arena under a prefix, e.g.
 // "layers.3.moe.experts."):
 //   w1 [E, H, d], w3 [E, H, d] (SwiGLU gate and up projections), w2 [E, d, H] (down).
-//   GELU experts have w1 and w2 only, and no biases (as in T5/Switch).
+//   GELU and ReLU experts have w1 and w2 only, and no biases (as in T5/Switch).
 // Expert e is the slice [e] of each, so it is one contiguous block: growth appends, and a
 // freeze mask is a range.
 //
-// Forward runs, for each expert with rows, one nn::swiglu_mlp_forward (or gelu) on its
+// Forward runs, for each expert with rows, one nn::swiglu_mlp_forward (or gelu, relu) on
 // block xs[offsets[e], offsets[e+1]): one GEMM per projection. Empty experts are skipped,
 // and their gradients are left untouched. The saved buffers (h1, h3, act: [max_rows, H])
 // and the backward scratch ([3, max_rows, H]) live in the layer's activation arena; each
@@ -85,9 +85,9 @@ class ExpertBank {
     int w1_id_ = -1, w3_id_ = -1, w2_id_ = -1;
     R *w1_ = nullptr, *w3_ = nullptr, *w2_ = nullptr;        // [E, H, d], [E, H, d], [E, d, H]
     R *d_w1_ = nullptr, *d_w3_ = nullptr, *d_w2_ = nullptr;  // same shapes
-    R *h1_ = nullptr, *h3_ = nullptr, *act_ = nullptr;       // [max_rows, H] saved (GELU: h1 = h)
-    R* scratch_ = nullptr;                                   // [3 or 2, max_rows, H]
-    std::vector<int64_t> order_;                             // [E] experts by block size
+    R *h1_ = nullptr, *h3_ = nullptr, *act_ = nullptr;  // [max_rows, H] saved (GELU, ReLU: h1 = h)
+    R* scratch_ = nullptr;                              // [3 or 2, max_rows, H]
+    std::vector<int64_t> order_;                        // [E] experts by block size
 };
 
 extern template class ExpertBank<float>;

@@ -68,9 +68,11 @@ MoeConfig moe_config_from(io::Config& c, const std::string& section) {
     m.top_k = c.get<int64_t>(p + "top_k", m.top_k);
     m.d_expert = c.get<int64_t>(p + "d_expert", m.d_expert);
     const std::string expert = c.get<std::string>(p + "expert", "swiglu");
-    MOE_REQUIRE(expert == "swiglu" || expert == "gelu", c.source(), ": key '", p,
-                "expert' must be \"swiglu\" or \"gelu\", got \"", expert, "\"");
-    m.expert = expert == "swiglu" ? ExpertKind::swiglu : ExpertKind::gelu;
+    MOE_REQUIRE(expert == "swiglu" || expert == "gelu" || expert == "relu", c.source(), ": key '",
+                p, "expert' must be \"swiglu\", \"gelu\" or \"relu\", got \"", expert, "\"");
+    m.expert = expert == "swiglu" ? ExpertKind::swiglu
+               : expert == "gelu" ? ExpertKind::gelu
+                                  : ExpertKind::relu;
     m.renormalize = c.get<bool>(p + "renormalize", m.renormalize);
     m.softmax_after_topk = c.get<bool>(p + "softmax_after_topk", m.softmax_after_topk);
     m.capacity_factor = c.get<double>(p + "capacity_factor", m.capacity_factor);
@@ -113,7 +115,9 @@ nlohmann::json moe_config_to_json(const MoeConfig& m) {
             {"n_experts", m.n_experts},
             {"top_k", m.top_k},
             {"d_expert", m.d_expert},
-            {"expert", m.expert == ExpertKind::swiglu ? "swiglu" : "gelu"},
+            {"expert", m.expert == ExpertKind::swiglu ? "swiglu"
+                       : m.expert == ExpertKind::gelu ? "gelu"
+                                                      : "relu"},
             {"renormalize", m.renormalize},
             {"softmax_after_topk", m.softmax_after_topk},
             {"capacity_factor", m.capacity_factor},

@@ -13,7 +13,7 @@ class Config;
 
 namespace moe::sparse {
 
-enum class ExpertKind { swiglu, gelu };
+enum class ExpertKind { swiglu, gelu, relu };
 enum class DropPolicy { probability, position };
 
 struct MoeConfig {
@@ -70,7 +70,7 @@ struct MoeConfig {
 
 // Reads every option from config section `section` (e.g. "moe"), keys named as the fields
 // above (d_model and causal excepted: the model sets them); absent keys keep the defaults.
-// expert is "swiglu" or "gelu", drop_policy "probability" or "position", domain_experts a
+// expert is "swiglu", "gelu" or "relu", drop_policy "probability" or "position", domain_experts a
 // list of integer lists. Validates the result; errors name the key ("moe.top_k ...").
 MoeConfig moe_config_from(io::Config& config, const std::string& section);
 // Every key moe_config_from reads, with this config's values (d_model and causal are the

@@ -4,7 +4,7 @@
 // adding a router is a one-line edit that does not touch anyone else's line, and the
 // error for an unknown name lists exactly the names checked above it. A router that
 // needs the whole sequence refuses cfg.causal in its own make_* function.
-// "soft" is not a Router: MoeLayer hands the whole layer to SoftMoe before calling this.
+// "soft" is not a Router: make_moe_block builds a SoftMoeLayer for it (src/moe/moe_block.h).
 #include <string>
 
 #include "core/check.h"

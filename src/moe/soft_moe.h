@@ -2,8 +2,8 @@
 // Mixtures of Experts"). No token is routed: every slot is a softmax mixture of tokens and
 // every output a softmax mixture of slots, so there is no discrete choice, no drop and no
 // imbalance, and the whole layer is differentiable. It does not fit a RoutingPlan (a slot
-// is not a token), so it is a layer of its own; MoeLayer hands itself to it when
-// cfg.router == "soft".
+// is not a token), so it is a layer of its own: SoftMoeLayer (src/moe/soft_moe_layer.h)
+// wraps it, with the shared experts, as the MoeBlock for cfg.router == "soft".
 //
 // The T tokens of a call are G = T / seq_len sequences (groups) of L = seq_len tokens;
 // seq_len = 0 means unknown, and then all T tokens are one group. With n = E * S slots
@@ -22,7 +22,7 @@
 // not applied: phi starts small (N(0, std)), which gives near-uniform mixtures.
 //
 // Memory: the expert rows are G * n; buffers are sized at declare for the largest G,
-// ceil(max_tokens / seq_len) (1 when seq_len = 0). Lifecycle as MoeLayer: construct;
+// ceil(max_tokens / seq_len) (1 when seq_len = 0). Lifecycle as any MoeBlock: construct;
 // declare(params, acts, prefix); <arenas allocated>; bind(params, grads, acts);
 // init_weights; then forward/backward pairs, x unchanged in between (it is read again).
 #pragma once

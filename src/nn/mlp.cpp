@@ -84,15 +84,47 @@ void gelu_mlp_backward(R* d_in, R* d_w1, R* d_b1, R* d_w2, R* d_b2, R* scratch, 
     linear_backward(d_in, d_w1, d_b1, d_h, in, w1, N, C, H);
 }
 
-#define MOE_INSTANTIATE(R)                                                                      \
-    template void swiglu_mlp_forward<R>(R*, R*, R*, R*, const R*, const R*, const R*, const R*, \
-                                        int64_t, int64_t, int64_t);                             \
-    template void swiglu_mlp_backward<R>(R*, R*, R*, R*, R*, const R*, const R*, const R*,      \
-                                         const R*, const R*, const R*, const R*, const R*,      \
-                                         int64_t, int64_t, int64_t);                            \
-    template void gelu_mlp_forward<R>(R*, R*, R*, const R*, const R*, const R*, const R*,       \
-                                      const R*, int64_t, int64_t, int64_t);                     \
-    template void gelu_mlp_backward<R>(R*, R*, R*, R*, R*, R*, const R*, const R*, const R*,    \
+template <class R>
+void relu_mlp_forward(R* out, R* h, R* act, const R* in, const R* w1, const R* b1, const R* w2,
+                      const R* b2, int64_t N, int64_t C, int64_t H) {
+    // out: [N, C], h, act: [N, H] (saved), in: [N, C], w1: [H, C], b1: [H] or null,
+    // w2: [C, H], b2: [C] or null
+    check_sizes("relu_mlp_forward", N, C, H);
+    linear_forward(h, in, w1, b1, N, C, H);
+    kernels::relu_forward(act, h, N * H);
+    linear_forward(out, act, w2, b2, N, H, C);
+}
+
+template <class R>
+void relu_mlp_backward(R* d_in, R* d_w1, R* d_b1, R* d_w2, R* d_b2, R* scratch, const R* d_out,
+                       const R* in, const R* h, const R* act, const R* w1, const R* w2, int64_t N,
+                       int64_t C, int64_t H) {
+    // d_in: [N, C] or null, d_w1: [H, C], d_b1: [H] or null, d_w2: [C, H], d_b2: [C] or
+    // null, scratch: [2, N, H], d_out, in: [N, C], h, act: [N, H], w1: [H, C], w2: [C, H]
+    check_sizes("relu_mlp_backward", N, C, H);
+    const int64_t NH = N * H;
+    R* d_act = scratch;
+    R* d_h = scratch + NH;
+    kernels::gemm(false, false, N, H, C, R(1), d_out, C, w2, H, R(0), d_act, H);
+    linear_backward(static_cast<R*>(nullptr), d_w2, d_b2, d_out, act, w2, N, H, C);
+    std::fill(d_h, d_h + NH, R(0));
+    kernels::relu_backward(d_h, d_act, h, NH);
+    linear_backward(d_in, d_w1, d_b1, d_h, in, w1, N, C, H);
+}
+
+#define MOE_INSTANTIATE(R)                                                                       \
+    template void swiglu_mlp_forward<R>(R*, R*, R*, R*, const R*, const R*, const R*, const R*,  \
+                                        int64_t, int64_t, int64_t);                              \
+    template void swiglu_mlp_backward<R>(R*, R*, R*, R*, R*, const R*, const R*, const R*,       \
+                                         const R*, const R*, const R*, const R*, const R*,       \
+                                         int64_t, int64_t, int64_t);                             \
+    template void gelu_mlp_forward<R>(R*, R*, R*, const R*, const R*, const R*, const R*,        \
+                                      const R*, int64_t, int64_t, int64_t);                      \
+    template void gelu_mlp_backward<R>(R*, R*, R*, R*, R*, R*, const R*, const R*, const R*,     \
+                                       const R*, const R*, const R*, int64_t, int64_t, int64_t); \
+    template void relu_mlp_forward<R>(R*, R*, R*, const R*, const R*, const R*, const R*,        \
+                                      const R*, int64_t, int64_t, int64_t);                      \
+    template void relu_mlp_backward<R>(R*, R*, R*, R*, R*, R*, const R*, const R*, const R*,     \
                                        const R*, const R*, const R*, int64_t, int64_t, int64_t);
 MOE_INSTANTIATE(float)
 MOE_INSTANTIATE(double)

@@ -1,5 +1,6 @@
 // Feed-forward blocks: the dense MLP of a transformer and the body of every expert
-// (conventions: see linear.h). No biases in SwiGLU (as in Llama/Mixtral); GELU has biases.
+// (conventions: see linear.h). No biases in SwiGLU (as in Llama/Mixtral); GELU and ReLU
+// have optional biases.
 #pragma once
 
 #include <cstdint>
@@ -31,6 +32,18 @@ void gelu_mlp_forward(R* out, R* h, R* act, const R* in, const R* w1, const R* b
 // scratch: [2, N, H] elements, overwritten.
 template <class R>
 void gelu_mlp_backward(R* d_in, R* d_w1, R* d_b1, R* d_w2, R* d_b2, R* scratch, const R* d_out,
+                       const R* in, const R* h, const R* act, const R* w1, const R* w2, int64_t N,
+                       int64_t C, int64_t H);
+
+// ReLU MLP: out[N, C] = relu(in @ w1^T + b1) @ w2^T + b2, shaped and saved as the GELU
+// MLP (h and act, each [N, H]); biases may be null.
+template <class R>
+void relu_mlp_forward(R* out, R* h, R* act, const R* in, const R* w1, const R* b1, const R* w2,
+                      const R* b2, int64_t N, int64_t C, int64_t H);
+
+// As gelu_mlp_backward. scratch: [2, N, H] elements, overwritten.
+template <class R>
+void relu_mlp_backward(R* d_in, R* d_w1, R* d_b1, R* d_w2, R* d_b2, R* scratch, const R* d_out,
                        const R* in, const R* h, const R* act, const R* w1, const R* w2, int64_t N,
                        int64_t C, int64_t H);
 

@@ -238,4 +238,32 @@ void swiglu_backward(double* da, double* db, const double* dy, const double* a, 
     swiglu_backward_reference(da, db, dy, a, b, n);
 }
 
+namespace {
+template <class R>
+void relu_forward_loop(R* y, const R* x, int64_t n) {
+    // y, x: [n]
+    MOE_CHECK(n >= 0, "relu_forward: negative size n=", n);
+    for (int64_t i = 0; i < n; ++i) y[i] = x[i] > R(0) ? x[i] : R(0);
+}
+template <class R>
+void relu_backward_loop(R* dx, const R* dy, const R* x, int64_t n) {
+    // dx (accumulated), dy, x: [n]
+    MOE_CHECK(n >= 0, "relu_backward: negative size n=", n);
+    for (int64_t i = 0; i < n; ++i) dx[i] += x[i] > R(0) ? dy[i] : R(0);
+}
+}  // namespace
+
+void relu_forward(float* y, const float* x, int64_t n) {
+    relu_forward_loop(y, x, n);
+}
+void relu_forward(double* y, const double* x, int64_t n) {
+    relu_forward_loop(y, x, n);
+}
+void relu_backward(float* dx, const float* dy, const float* x, int64_t n) {
+    relu_backward_loop(dx, dy, x, n);
+}
+void relu_backward(double* dx, const double* dy, const double* x, int64_t n) {
+    relu_backward_loop(dx, dy, x, n);
+}
+
 }  // namespace moe::kernels
