@@ -148,7 +148,6 @@ void MultiGateMixture<R>::route(int64_t T) {
     parallel_for(T, T * sum_cols_ >= 4096, [&](int64_t t) {
         int32_t* uni = union_expert_ + t * E;
         std::fill(uni, uni + E, int32_t(-1));
-        std::fill(union_weight_ + t * E, union_weight_ + (t + 1) * E, R(0));
         for (int64_t g = 0; g < G; ++g) {
             const int64_t n = gate_width(g);
             R* lg = logits_ + gate_off_[size_t(g)] + t * n;
@@ -156,10 +155,8 @@ void MultiGateMixture<R>::route(int64_t T) {
             const R* b = b_[size_t(g)];
             for (int64_t j = 0; j < n; ++j) lg[j] += b[j];
             const int64_t k = top_k_ == 0 ? n : std::min(top_k_, n);
-            if (k == n) {
-                std::fill(p, p + n, R(1));
-            } else {
-                std::fill(p, p + n, R(0));
+            for (int64_t j = 0; j < n; ++j) p[j] = k == n ? R(1) : R(0);
+            if (k < n) {
                 for (int64_t pick = 0; pick < k; ++pick) {  // k passes: ties to lower column
                     int64_t best = -1;
                     for (int64_t j = 0; j < n; ++j)

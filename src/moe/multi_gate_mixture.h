@@ -87,18 +87,19 @@ class MultiGateMixture {
     R* logits_ = nullptr;                // [sum_g max_T * n_g]
     R* probs_ = nullptr;                 // [sum_g max_T * n_g] p_g
     int32_t* union_expert_ = nullptr;    // [max_T, E] e or -1
-    R* union_weight_ = nullptr;          // [max_T, E] unused weights (0)
-    int64_t* plan_scratch_ = nullptr;    // [E + max_T * E]
-    R* row_weights_ = nullptr;           // [G, max_T * E] gate g of row r
-    R* xs_ = nullptr;                    // [max_T * E, d]
-    R* ys_ = nullptr;                    // [max_T * E, d]
-    R* d_xs_ = nullptr;                  // [max_T * E, d]
-    R* d_ys_ = nullptr;                  // [max_T * E, d]
-    R* d_ys_gate_ = nullptr;             // [max_T * E, d] one gate's part
-    R* d_row_weight_ = nullptr;          // [max_T * E]
-    R* d_probs_ = nullptr;               // [max_T, max n_g]
-    R* d_logits_ = nullptr;              // [max_T, max n_g]
-    const R* x_ = nullptr;               // the last forward's x [T, d]
+    R* union_weight_ = nullptr;        // [max_T, E] the plan's weights: left 0 (the arena zeroes),
+                                       // each gate's are filled into row_weights_
+    int64_t* plan_scratch_ = nullptr;  // [E + max_T * E]
+    R* row_weights_ = nullptr;         // [G, max_T * E] gate g of row r
+    R* xs_ = nullptr;                  // [max_T * E, d]
+    R* ys_ = nullptr;                  // [max_T * E, d]
+    R* d_xs_ = nullptr;                // [max_T * E, d]
+    R* d_ys_ = nullptr;                // [max_T * E, d]
+    R* d_ys_gate_ = nullptr;           // [max_T * E, d] one gate's part
+    R* d_row_weight_ = nullptr;        // [max_T * E]
+    R* d_probs_ = nullptr;             // [max_T, max n_g]
+    R* d_logits_ = nullptr;            // [max_T, max n_g]
+    const R* x_ = nullptr;             // the last forward's x [T, d]
     int64_t T_ = 0;
 };
 
