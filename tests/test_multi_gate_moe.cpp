@@ -1,7 +1,8 @@
 // MultiGateMoe (MMoE): forward against a plain double reference (per-task softmax gates
 // written as loops, the experts through the naive dense reference), dense and top-k; every
 // gradient (every task's gate, the experts, the input) by finite differences; each expert
-// runs once per token however many tasks keep it; float against double; and the errors.
+// runs once per token however many tasks keep it; float against double; PyTorch (dense and
+// top-2, outputs and every gradient); and the errors.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -249,6 +250,66 @@ TEST(MultiGateMoe, FloatMatchesDouble) {
         EXPECT_TRUE(test::all_close(test::to_f64(dxf), dxd, tol, tol));
         for (const auto& n : rd.names())
             EXPECT_TRUE(test::all_close(rf.grad(n), rd.grad(n), tol, tol)) << n;
+    }
+}
+
+// Dense and top-2 gating against PyTorch (gen_multi_gate_moe.py): every task's output and
+// every gradient, on the double path and the float path.
+template <class R>
+void check_against_pytorch(const test::Fixture& fx, const std::string& pre, int64_t top_k,
+                           double tol) {
+    const auto sz = fx.get_int("sizes");
+    const int64_t T = sz[0], d = sz[1], E = sz[2], K = sz[3], H = sz[4];
+    MmoeRig<R> rig(mmoe_cfg(E, d, H), K, T, top_k);
+    auto set = [&](const std::string& n, const std::vector<double>& v, int64_t from) {
+        for (int64_t i = 0; i < rig.numel(n); ++i) rig.param(n)[i] = R(v[size_t(from + i)]);
+    };
+    const auto gw = fx.get("gate_w"), gb = fx.get("gate_b");
+    for (int64_t k = 0; k < K; ++k) {
+        set("gate." + std::to_string(k) + ".w", gw, k * E * d);
+        set("gate." + std::to_string(k) + ".b", gb, k * E);
+    }
+    set("experts.w1", fx.get("w1"), 0);
+    set("experts.w3", fx.get("w3"), 0);
+    set("experts.w2", fx.get("w2"), 0);
+    const auto x64 = fx.get("x"), dy64 = fx.get("dy"), y64 = fx.get(pre + "y");
+    const std::vector<R> x(x64.begin(), x64.end()), dy(dy64.begin(), dy64.end());
+    std::vector<R> y(size_t(K * T * d), R(NAN)), dx(size_t(T * d), R(0));
+    std::vector<R*> outs;
+    std::vector<const R*> d_outs;
+    for (int64_t k = 0; k < K; ++k) {
+        outs.push_back(y.data() + k * T * d);
+        d_outs.push_back(dy.data() + k * T * d);
+    }
+    rig.mmoe.forward(outs.data(), x.data(), T);
+    rig.mmoe.backward(d_outs.data(), dx.data());
+    EXPECT_TRUE(test::all_close(std::vector<double>(y.begin(), y.end()), y64, tol, tol)) << "y";
+    EXPECT_TRUE(
+        test::all_close(std::vector<double>(dx.begin(), dx.end()), fx.get(pre + "dx"), tol, tol))
+        << "dx";
+    const auto dgw = fx.get(pre + "dgate_w"), dgb = fx.get(pre + "dgate_b");
+    for (int64_t k = 0; k < K; ++k) {
+        const std::string g = "gate." + std::to_string(k) + ".";
+        EXPECT_TRUE(test::all_close(
+            rig.grad(g + "w"),
+            std::vector<double>(dgw.begin() + k * E * d, dgw.begin() + (k + 1) * E * d), tol, tol))
+            << g << "w";
+        EXPECT_TRUE(test::all_close(
+            rig.grad(g + "b"), std::vector<double>(dgb.begin() + k * E, dgb.begin() + (k + 1) * E),
+            tol, tol))
+            << g << "b";
+    }
+    for (const std::string w : {"w1", "w3", "w2"})
+        EXPECT_TRUE(test::all_close(rig.grad("experts." + w), fx.get(pre + "d" + w), tol, tol))
+            << w;
+}
+
+TEST(MultiGateMoe, MatchesPyTorchForwardAndEveryGradient) {
+    test::Fixture fx("multi_gate_moe");
+    for (const auto& [pre, k] : {std::pair<std::string, int64_t>{"", 0}, {"topk_", 2}}) {
+        SCOPED_TRACE("top_k=" + std::to_string(k));
+        check_against_pytorch<double>(fx, pre, k, 1e-12);
+        check_against_pytorch<float>(fx, pre, k, 300 * std::numeric_limits<float>::epsilon());
     }
 }
 
