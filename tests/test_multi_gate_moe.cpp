@@ -324,13 +324,20 @@ TEST(MultiGateMoe, ErrorsNameTheOpAndTheShapes) {
     EXPECT_TRUE(test::throws_error_with([&] { sparse::MultiGateMoe<double> m(c, 2, 0); },
                                         {"MultiGateMoe", "max_tokens=0"}));
     MmoeRig<double> rig(c, 2, 8, 0);
-    std::vector<double> x(size_t(9 * 4)), o0(x.size()), o1(x.size());
+    std::vector<double> x(size_t(9 * 4), 0.5), o0(x.size()), o1(x.size());
     double* outs[] = {o0.data(), o1.data()};
     EXPECT_TRUE(test::throws_error_with([&] { rig.mmoe.forward(outs, x.data(), 9); },
                                         {"MultiGateMoe::forward", "T=9", "d=4", "max_tokens=8"}));
     double* missing[] = {o0.data(), nullptr};
     EXPECT_TRUE(test::throws_error_with([&] { rig.mmoe.forward(missing, x.data(), 3); },
                                         {"MultiGateMoe::forward", "output 1"}));
+    rig.mmoe.forward(outs, x.data(), 3);
+    rig.grads.zero();
+    const double* d_missing[] = {o0.data(), nullptr};
+    std::vector<double> dx(x.size(), 0.0);
+    EXPECT_TRUE(test::throws_error_with([&] { rig.mmoe.backward(d_missing, dx.data()); },
+                                        {"MultiGateMoe::backward", "output gradient 1"}));
+    EXPECT_EQ(rig.grad("gate.0.w"), std::vector<double>(size_t(4 * 4), 0.0));
 }
 
 }  // namespace

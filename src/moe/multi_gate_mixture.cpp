@@ -225,8 +225,10 @@ void MultiGateMixture<R>::backward(const R* const* d_outs, R* d_x) {
     // d_outs[g]: [T, d]; d_x: [T, d] accumulated
     MOE_CHECK(x_ != nullptr, op_, "::backward without a forward");
     const int64_t T = T_, E = E_, d = d_, rows = plan_.rows();
-    for (int64_t g = 0; g < n_gates(); ++g) {
+    // Checked before any gradient is touched, so a refused call leaves them as they were.
+    for (int64_t g = 0; g < n_gates(); ++g)
         MOE_REQUIRE(d_outs[g] != nullptr, op_, "::backward: output gradient ", g, " is null");
+    for (int64_t g = 0; g < n_gates(); ++g) {
         const int64_t n = gate_width(g);
         plan_.row_weight = row_weights_ + g * max_tokens_ * E;
         // The experts' outputs feed every gate: their gradients add up over the gates.
