@@ -2,7 +2,7 @@
 // softmax over its own experts and the shared ones written as loops, the experts through
 // the naive dense reference), with and without the shared gate; every gradient by finite
 // differences; every expert runs once per token; parameter names and shapes; float against
-// double; and the errors.
+// double; PyTorch (outputs and every gradient); and the errors.
 #include <cmath>
 #include <limits>
 #include <string>
@@ -243,6 +243,47 @@ TEST(PleLayer, FloatMatchesDouble) {
     EXPECT_TRUE(test::all_close(test::to_f64(dxf), dxd, tol, tol));
     for (const auto& n : rd.names())
         EXPECT_TRUE(test::all_close(rf.grad(n), rd.grad(n), tol, tol)) << n;
+}
+
+// Three tasks and a shared gate against PyTorch (gen_ple_layer.py): every output and every
+// gradient, on the double path and the float path.
+template <class R>
+void check_against_pytorch(const test::Fixture& fx, double tol) {
+    const auto sz = fx.get_int("sizes");
+    const int64_t T = sz[0], d = sz[1], H = sz[5];
+    const PleShape s{sz[2], sz[3], sz[4], true};
+    PleRig<R> rig(ple_cfg(d, H), s, T);
+    for (const auto& n : rig.names()) {
+        const auto v = fx.get(n.rfind("experts.", 0) == 0 ? n.substr(8) : n);
+        ASSERT_EQ(int64_t(v.size()), rig.numel(n)) << n;
+        for (size_t i = 0; i < v.size(); ++i) rig.param(n)[i] = R(v[i]);
+    }
+    const auto x64 = fx.get("x"), dy64 = fx.get("dy");
+    const std::vector<R> x(x64.begin(), x64.end());
+    std::vector<std::vector<R>> outs, dy;
+    for (int64_t g = 0; g <= s.n_tasks; ++g)
+        dy.emplace_back(dy64.begin() + g * T * d, dy64.begin() + (g + 1) * T * d);
+    run_forward(rig, outs, x, T);
+    std::vector<R> dx(size_t(T * d), R(0));
+    run_backward(rig, dy, dx);
+    const auto y = fx.get("y");
+    for (int64_t g = 0; g <= s.n_tasks; ++g)
+        EXPECT_TRUE(test::all_close(
+            std::vector<double>(outs[size_t(g)].begin(), outs[size_t(g)].end()),
+            std::vector<double>(y.begin() + g * T * d, y.begin() + (g + 1) * T * d), tol, tol))
+            << "output " << g;
+    EXPECT_TRUE(test::all_close(std::vector<double>(dx.begin(), dx.end()), fx.get("dx"), tol, tol))
+        << "dx";
+    for (const auto& n : rig.names())
+        EXPECT_TRUE(test::all_close(
+            rig.grad(n), fx.get("d" + (n.rfind("experts.", 0) == 0 ? n.substr(8) : n)), tol, tol))
+            << n;
+}
+
+TEST(PleLayer, MatchesPyTorchForwardAndEveryGradient) {
+    test::Fixture fx("ple_layer");
+    check_against_pytorch<double>(fx, 1e-12);
+    check_against_pytorch<float>(fx, 300 * std::numeric_limits<float>::epsilon());
 }
 
 TEST(PleLayer, ErrorsNameTheOpAndTheShapes) {
