@@ -1,7 +1,8 @@
 // MultiGateMoe (MMoE): forward against a plain double reference (per-task softmax gates
 // written as loops, the experts through the naive dense reference), dense and top-k; every
 // gradient (every task's gate, the experts, the input) by finite differences; each expert
-// runs once per token however many tasks keep it; float against double; PyTorch (dense and
+// runs once per token however many tasks keep it; float against double; parallel sizes
+// against the reference and 1 thread; PyTorch (dense and
 // top-2, outputs and every gradient); and the errors.
 #include <algorithm>
 #include <cmath>
@@ -9,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "core/threads.h"
 #include "moe/multi_gate_moe.h"
 #include "moe_reference.h"
 #include "test_support.h"
@@ -251,6 +253,53 @@ TEST(MultiGateMoe, FloatMatchesDouble) {
         for (const auto& n : rd.names())
             EXPECT_TRUE(test::all_close(rf.grad(n), rd.grad(n), tol, tol)) << n;
     }
+}
+
+// At a size where the gate, row-weight and d_ys loops run in parallel: the forward against
+// the plain reference, and every result of 2 threads against 1 thread.
+TEST(MultiGateMoe, ParallelSizesMatchTheReferenceAndOneThread) {
+    const int64_t T = 2000, E = 8, K = 3, d = 8, H = 6, top_k = 3;
+    const MoeConfig c = mmoe_cfg(E, d, H);
+    const auto x = test::random_normal(size_t(T * d), 21);
+    std::vector<std::vector<double>> u;
+    for (int64_t k = 0; k < K; ++k)
+        u.push_back(test::random_normal(size_t(T * d), 30 + uint64_t(k)));
+    struct Run {
+        std::vector<std::vector<double>> outs, grads;
+        std::vector<double> dx;
+    };
+    auto run = [&](int threads) {
+        const int before = num_threads();
+        set_num_threads(threads);
+        MmoeRig<double> rig(c, K, T, top_k, 0.5);
+        Run r;
+        r.outs.assign(size_t(K), std::vector<double>(size_t(T * d)));
+        std::vector<double*> po;
+        std::vector<const double*> pu;
+        for (int64_t k = 0; k < K; ++k) {
+            po.push_back(r.outs[size_t(k)].data());
+            pu.push_back(u[size_t(k)].data());
+        }
+        rig.mmoe.forward(po.data(), x.data(), T);
+        r.dx.assign(x.size(), 0.0);
+        rig.mmoe.backward(pu.data(), r.dx.data());
+        for (const auto& n : rig.names()) r.grads.push_back(rig.grad(n));
+        if (threads == 2) {
+            const Ref ref = reference_mmoe(c, K, top_k, rig.params, rig.prefix, x, T);
+            for (int64_t k = 0; k < K; ++k)
+                EXPECT_TRUE(test::all_close(r.outs[size_t(k)], ref.outs[size_t(k)], 1e-13, 1e-11));
+            EXPECT_EQ(rig.mmoe.rows(), ref.union_rows);
+            EXPECT_GE(rig.mmoe.rows(), 8192);  // the row-weight loop's parallel threshold
+        }
+        set_num_threads(before);
+        return r;
+    };
+    const Run one = run(1), two = run(2);
+    for (int64_t k = 0; k < K; ++k)
+        EXPECT_TRUE(test::all_close(two.outs[size_t(k)], one.outs[size_t(k)], 1e-14, 1e-12));
+    EXPECT_TRUE(test::all_close(two.dx, one.dx, 1e-14, 1e-12));
+    for (size_t i = 0; i < one.grads.size(); ++i)
+        EXPECT_TRUE(test::all_close(two.grads[i], one.grads[i], 1e-14, 1e-12)) << i;
 }
 
 // Dense and top-2 gating against PyTorch (gen_multi_gate_moe.py): every task's output and
