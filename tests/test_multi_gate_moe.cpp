@@ -2,8 +2,8 @@
 // written as loops, the experts through the naive dense reference), dense and top-k; every
 // gradient (every task's gate, the experts, the input) by finite differences; each expert
 // runs once per token however many tasks keep it; float against double; parallel sizes
-// against the reference and 1 thread; PyTorch (dense and
-// top-2, outputs and every gradient); and the errors.
+// against the reference and 1 thread; PyTorch (dense and top-2, outputs and every
+// gradient); and the errors.
 #include <algorithm>
 #include <cmath>
 #include <limits>
