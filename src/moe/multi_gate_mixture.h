@@ -66,6 +66,8 @@ class MultiGateMixture {
     const R* gate_weights(int64_t g) const { return probs_ + gate_off_[size_t(g)]; }
     // Rows the bank ran in the last forward: the union of the gates' kept experts.
     int64_t rows() const { return plan_.rows(); }
+    // The union plan of the last forward; its row_weight is gate 0's (each gate's weights
+    // are swapped in for its own combine).
     const RoutingPlan<R>& plan() const { return plan_; }
     ExpertBank<R>& experts() { return *experts_; }
 
