@@ -315,7 +315,16 @@ struct Out {
     void add(const char* key, const std::string& s) { add_raw(key, json ? "\"" + s + "\"" : s); }
     void add_raw(const char* key, const std::string& v) {
         line += first ? "" : (json ? ", " : "  ");
-        line += json ? "\"" + std::string(key) + "\": " + v : std::string(key) + "=" + v;
+        // Appended piece by piece: `"\"" + std::string(key)` trips GCC 12's false -Wrestrict.
+        if (json) {
+            line += '"';
+            line += key;
+            line += "\": ";
+        } else {
+            line += key;
+            line += '=';
+        }
+        line += v;
         first = false;
     }
     void end() {
