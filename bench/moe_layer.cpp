@@ -132,7 +132,7 @@ int main(int argc, char** argv) {
         cfg.top_k = s.k;
         cfg.router = "softmax_topk";
         cfg.capacity_factor = 0;
-        cfg.renormalize = true;
+        cfg.softmax_topk.renormalize = true;
         MoeLayer<float> layer(cfg, s.T);
         moe::Arena params;
         layer.declare(params, "moe.");

@@ -29,7 +29,7 @@ lm::LmConfig fixture_config() {
     c.moe.n_experts = 4;
     c.moe.top_k = 2;
     c.moe.d_expert = 12;
-    c.moe.renormalize = true;
+    c.moe.softmax_topk.renormalize = true;
     c.moe.capacity_factor = 0;  // dropless
     c.moe.jitter = 0;
     c.moe.aux_loss_coef = 0.05;

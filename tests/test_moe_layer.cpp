@@ -115,8 +115,9 @@ void check_against_reference(const MoeConfig& cfg, int64_t T, uint64_t seed,
                              const std::function<void(Layer<double>&)>& tweak = {}) {
     SCOPED_TRACE(testing::Message() << "T=" << T << " E=" << cfg.n_experts << " k=" << cfg.top_k
                                     << " cf=" << cfg.capacity_factor << " S=" << cfg.n_shared
-                                    << " gelu=" << (cfg.expert == ExpertKind::gelu) << " renorm="
-                                    << cfg.renormalize << " after=" << cfg.softmax_after_topk);
+                                    << " gelu=" << (cfg.expert == ExpertKind::gelu)
+                                    << " renorm=" << cfg.softmax_topk.renormalize
+                                    << " after=" << cfg.softmax_topk.softmax_after_topk);
     const int64_t d = cfg.d_model, E = cfg.n_experts;
     Layer<double> L(cfg, T, seed);
     if (tweak) tweak(L);
@@ -177,8 +178,8 @@ TEST(MoeLayer, MatchesDenseReferenceOverAwkwardShapes) {
                 if (T * E > 64 * 8 && k == E) continue;  // T=64, E=64, k=64: slow, covered below
                 MoeConfig c = small_config(E, k);
                 // Vary the options with the seed so that every combination meets a few shapes.
-                c.renormalize = seed % 2 == 0;
-                c.softmax_after_topk = seed % 5 == 0;
+                c.softmax_topk.renormalize = seed % 2 == 0;
+                c.softmax_topk.softmax_after_topk = seed % 5 == 0;
                 c.capacity_factor = seed % 3 == 0 ? 1.0 : 0.0;
                 c.drop_policy = seed % 4 < 2 ? DropPolicy::probability : DropPolicy::position;
                 c.expert = seed % 7 == 3 ? ExpertKind::gelu : ExpertKind::swiglu;
@@ -200,7 +201,7 @@ void whole_layer_matches_finite_differences(ExpertKind kind) {
     for (bool renorm : {true, false}) {
         MoeConfig c = small_config(4, 2, 5, 4);
         c.expert = kind;
-        c.renormalize = renorm;
+        c.softmax_topk.renormalize = renorm;
         c.n_shared = 1;
         c.d_shared = 3;
         c.shared_gate = true;
@@ -483,7 +484,7 @@ void check_mixtral_fixture(double tol) {
     c.d_expert = 10;
     c.n_experts = 4;
     c.top_k = 2;
-    c.renormalize = true;
+    c.softmax_topk.renormalize = true;
     const auto coefs = fx.get("coefs");
     c.aux_loss_coef = coefs[0];
     c.z_loss_coef = coefs[1];
@@ -545,8 +546,8 @@ TEST(MoeConfig, ReadsEveryKeyFromASection) {
     EXPECT_EQ(m.top_k, 4);
     EXPECT_EQ(m.d_expert, 96);
     EXPECT_EQ(m.expert, ExpertKind::gelu);
-    EXPECT_FALSE(m.renormalize);
-    EXPECT_TRUE(m.softmax_after_topk);
+    EXPECT_FALSE(m.softmax_topk.renormalize);
+    EXPECT_TRUE(m.softmax_topk.softmax_after_topk);
     EXPECT_EQ(m.capacity_factor, 1.25);
     EXPECT_EQ(m.drop_policy, DropPolicy::position);
     EXPECT_EQ(m.n_shared, 2);
@@ -555,15 +556,16 @@ TEST(MoeConfig, ReadsEveryKeyFromASection) {
     EXPECT_EQ(m.aux_loss_coef, 0.02);
     EXPECT_EQ(m.z_loss_coef, 0.001);
     EXPECT_EQ(m.importance_coef, 0.1);
-    EXPECT_EQ(m.load_coef, 0.2);
+    EXPECT_EQ(m.noisy_topk.load_coef, 0.2);
     EXPECT_EQ(m.jitter, 0.01);
-    EXPECT_EQ(m.bias_update_rate, 0.002);
-    EXPECT_EQ(m.route_scale, 2.5);
-    EXPECT_EQ(m.n_groups, 4);
-    EXPECT_EQ(m.topk_groups, 2);
-    EXPECT_EQ(m.domain_experts, (std::vector<std::vector<int64_t>>{{0, 1}, {2}, {3, 4, 5}}));
-    EXPECT_EQ(m.assign_loss_coef, 0.5);
-    EXPECT_EQ(m.slots_per_expert, 3);
+    EXPECT_EQ(m.sigmoid_bias.bias_update_rate, 0.002);
+    EXPECT_EQ(m.sigmoid_bias.route_scale, 2.5);
+    EXPECT_EQ(m.sigmoid_bias.n_groups, 4);
+    EXPECT_EQ(m.sigmoid_bias.topk_groups, 2);
+    EXPECT_EQ(m.assigned.domain_experts,
+              (std::vector<std::vector<int64_t>>{{0, 1}, {2}, {3, 4, 5}}));
+    EXPECT_EQ(m.assigned.assign_loss_coef, 0.5);
+    EXPECT_EQ(m.soft.slots_per_expert, 3);
     // Absent keys keep the defaults.
     io::Config empty("{}", "empty.json");
     const MoeConfig d = moe_config_from(empty, "moe");
@@ -627,7 +629,7 @@ TEST(MoeConfig, CausalModelsRefuseDroppingByProbability) {
 TEST(MoeConfig, AssignedNeedsTopKExpertsPerDomain) {
     MoeConfig c = small_config(4, 2);
     c.router = "assigned";
-    c.domain_experts = {{0, 1}, {2}};
+    c.assigned.domain_experts = {{0, 1}, {2}};
     EXPECT_TRUE(
         test::throws_error_with([&] { c.validate(); }, {"moe.domain_experts[1]", "moe.top_k"}));
 }

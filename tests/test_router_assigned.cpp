@@ -29,11 +29,11 @@ MoeConfig assigned_cfg(int64_t E, int64_t k, int64_t d) {
     c.d_expert = 5;
     c.aux_loss_coef = 0.2;
     c.z_loss_coef = 0.05;
-    c.assign_loss_coef = 0.7;
+    c.assigned.assign_loss_coef = 0.7;
     for (int64_t dom = 0; dom < E / k; ++dom) {
         std::vector<int64_t> list;
         for (int64_t j = k - 1; j >= 0; --j) list.push_back(dom * k + j);
-        c.domain_experts.push_back(list);
+        c.assigned.domain_experts.push_back(list);
     }
     return c;
 }
@@ -74,12 +74,12 @@ struct DenseAssigned {
 };
 DenseAssigned dense_assigned(const MoeConfig& c, const std::vector<double>& p, int64_t T,
                              const std::vector<int32_t>& labels, bool training) {
-    const int64_t E = c.n_experts, D = int64_t(c.domain_experts.size());
+    const int64_t E = c.n_experts, D = int64_t(c.assigned.domain_experts.size());
     DenseAssigned r;
     r.gate.assign(size_t(T * E), 0.0);
     auto q = [&](int64_t t, int64_t dom) {
         double s = 0;
-        for (int64_t e : c.domain_experts[size_t(dom)]) s += p[size_t(t * E + e)];
+        for (int64_t e : c.assigned.domain_experts[size_t(dom)]) s += p[size_t(t * E + e)];
         return s;
     };
     int64_t n = 0, correct = 0;
@@ -96,7 +96,7 @@ DenseAssigned dense_assigned(const MoeConfig& c, const std::vector<double>& p, i
         const int64_t route = training && label >= 0 ? label : pred;
         r.route.push_back(route);
         r.predicted.push_back(pred);
-        for (int64_t e : c.domain_experts[size_t(route)])
+        for (int64_t e : c.assigned.domain_experts[size_t(route)])
             r.gate[size_t(t * E + e)] = p[size_t(t * E + e)] / q(t, route);
     }
     if (n > 0) {
@@ -116,16 +116,16 @@ TEST(Assigned, RejectsBadDomainLists) {
         }
     };
     MoeConfig c = assigned_cfg(4, 2, 3);
-    c.domain_experts.clear();
+    c.assigned.domain_experts.clear();
     expect_error(c, "needs moe.domain_experts");
     c = assigned_cfg(4, 2, 3);
-    c.domain_experts[1] = {2};
+    c.assigned.domain_experts[1] = {2};
     expect_error(c, "moe.domain_experts[1] lists 1 experts but moe.top_k is 2");
     c = assigned_cfg(4, 2, 3);
-    c.domain_experts[0] = {0, 4};
+    c.assigned.domain_experts[0] = {0, 4};
     expect_error(c, "moe.domain_experts[0][1] = 4 is not an expert");
     c = assigned_cfg(4, 2, 3);
-    c.domain_experts[1] = {3, 3};
+    c.assigned.domain_experts[1] = {3, 3};
     expect_error(c, "lists expert 3 twice");
     // A label outside the domains is an error at forward.
     test::RouterHarness<double> h(assigned_cfg(4, 2, 3), 4);
@@ -150,7 +150,7 @@ TEST(Assigned, RoutesByLabelInTrainingAndByTheGateInEvaluation) {
     c.d_model = 2;
     c.aux_loss_coef = 0;
     c.z_loss_coef = 0;
-    c.domain_experts = {{0, 1}, {3, 2}};
+    c.assigned.domain_experts = {{0, 1}, {3, 2}};
     test::RouterHarness<double> h(c, 8);
     const double w[] = {1, 0, 0.5, 0, 0, 1, 0, 0.5};
     std::copy(w, w + 8, h.param("router.w"));
@@ -173,7 +173,7 @@ TEST(Assigned, RoutesByLabelInTrainingAndByTheGateInEvaluation) {
         forward_labelled(h, x.data(), T, labels.data(), training);
         EXPECT_DOUBLE_EQ(h.losses.assign_accuracy, 0.75);
         EXPECT_NEAR(h.losses.assign_loss, want_loss, 1e-15);
-        EXPECT_NEAR(h.losses.weighted_total, c.assign_loss_coef * want_loss, 1e-15);
+        EXPECT_NEAR(h.losses.weighted_total, c.assigned.assign_loss_coef * want_loss, 1e-15);
         // Token 2 (x = (1, 0), label 1, gate says 0): by label in training only.
         const auto g = h.dense_weights();
         const int64_t dom2 = training ? 1 : 0;
@@ -384,10 +384,10 @@ TEST(AssignedLayer, MatchesTheDenseReferenceOnOutputsAndEveryGradient) {
                     }
                 double aux = 0;
                 for (int64_t e = 0; e < E; ++e) aux += double(E) * f[size_t(e)] * P[size_t(e)];
-                EXPECT_NEAR(
-                    loss,
-                    c.assign_loss_coef * want.loss + c.aux_loss_coef * aux + c.z_loss_coef * z,
-                    1e-12);
+                EXPECT_NEAR(loss,
+                            c.assigned.assign_loss_coef * want.loss + c.aux_loss_coef * aux +
+                                c.z_loss_coef * z,
+                            1e-12);
                 const auto model = sparse::reference::model_from(params, prefix, c);
                 EXPECT_TRUE(test::all_close(out, sparse::reference::forward(model, x, T, want.gate),
                                             1e-12, 1e-10));
@@ -401,7 +401,7 @@ TEST(AssignedLayer, MatchesTheDenseReferenceOnOutputsAndEveryGradient) {
                 for (int32_t v : labels) n_lab += v >= 0;
                 std::vector<double> dp(size_t(T * E), 0.0);
                 for (int64_t t = 0; t < T; ++t) {
-                    const auto& dom = c.domain_experts[size_t(want.route[size_t(t)])];
+                    const auto& dom = c.assigned.domain_experts[size_t(want.route[size_t(t)])];
                     double q = 0, c0 = 0;
                     for (int64_t e : dom) q += p[size_t(t * E + e)];
                     for (int64_t e : dom)
@@ -409,11 +409,12 @@ TEST(AssignedLayer, MatchesTheDenseReferenceOnOutputsAndEveryGradient) {
                     for (int64_t e : dom)
                         dp[size_t(t * E + e)] += (ref.d_gate[size_t(t * E + e)] - c0) / q;
                     if (labels[size_t(t)] >= 0) {
-                        const auto& ld = c.domain_experts[size_t(labels[size_t(t)])];
+                        const auto& ld = c.assigned.domain_experts[size_t(labels[size_t(t)])];
                         double ql = 0;
                         for (int64_t e : ld) ql += p[size_t(t * E + e)];
                         for (int64_t e : ld)
-                            dp[size_t(t * E + e)] -= c.assign_loss_coef / (double(n_lab) * ql);
+                            dp[size_t(t * E + e)] -=
+                                c.assigned.assign_loss_coef / (double(n_lab) * ql);
                     }
                     for (int64_t e = 0; e < E; ++e)
                         dp[size_t(t * E + e)] +=
@@ -461,7 +462,7 @@ TEST(AssignedTraining, GateLearnsToPredictTheDomain) {
     MoeConfig c = assigned_cfg(E, k, d);
     c.aux_loss_coef = 0;
     c.z_loss_coef = 0;
-    c.assign_loss_coef = 1;
+    c.assigned.assign_loss_coef = 1;
     test::RouterHarness<double> h(c, T);
     const auto centres = test::random_normal(size_t(D * d), 100);
     Rng rng(101);

@@ -30,7 +30,7 @@ sparse::MoeConfig noisy_cfg(int64_t E, int64_t k, int64_t d) {
     c.aux_loss_coef = 0.3;
     c.z_loss_coef = 0.05;
     c.importance_coef = 0.7;
-    c.load_coef = 0.9;
+    c.noisy_topk.load_coef = 0.9;
     return c;
 }
 
@@ -253,7 +253,7 @@ class NoisyTopkFixture : public ::testing::Test {
     sparse::MoeConfig config() const {
         auto c = noisy_cfg(E, k, d);
         c.importance_coef = coefs[0];
-        c.load_coef = coefs[1];
+        c.noisy_topk.load_coef = coefs[1];
         c.aux_loss_coef = coefs[2];
         c.z_loss_coef = coefs[3];
         return c;

@@ -22,12 +22,12 @@ sparse::MoeConfig sb_cfg(int64_t E, int64_t k, int64_t d, int64_t groups = 1, in
     c.n_experts = E;
     c.top_k = k;
     c.d_model = d;
-    c.n_groups = groups;
-    c.topk_groups = kgroups;
+    c.sigmoid_bias.n_groups = groups;
+    c.sigmoid_bias.topk_groups = kgroups;
     c.aux_loss_coef = 0.4;
     c.z_loss_coef = 0.05;
     c.importance_coef = 0.3;
-    c.bias_update_rate = 0.01;
+    c.sigmoid_bias.bias_update_rate = 0.01;
     return c;
 }
 
@@ -42,7 +42,7 @@ void randomize(test::RouterHarness<R>& h, uint64_t seed, double bias_scale = 0.5
 template <class R>
 std::vector<double> expected_weights(const test::RouterHarness<R>& h, const R* x, int64_t T) {
     const auto& c = h.cfg;
-    const int64_t E = c.n_experts, d = c.d_model, G = c.n_groups, gs = E / G;
+    const int64_t E = c.n_experts, d = c.d_model, G = c.sigmoid_bias.n_groups, gs = E / G;
     std::vector<double> out(size_t(T * E), 0.0);
     for (int64_t t = 0; t < T; ++t) {
         std::vector<double> s(static_cast<size_t>(E)), sel(static_cast<size_t>(E));
@@ -63,7 +63,7 @@ std::vector<double> expected_weights(const test::RouterHarness<R>& h, const R* x
             }
             std::sort(gscore.begin(), gscore.end());
             allowed.assign(size_t(E), false);
-            for (int64_t j = 0; j < c.topk_groups; ++j)
+            for (int64_t j = 0; j < c.sigmoid_bias.topk_groups; ++j)
                 for (int64_t e = gscore[size_t(j)].second * gs;
                      e < (gscore[size_t(j)].second + 1) * gs; ++e)
                     allowed[size_t(e)] = true;
@@ -76,8 +76,9 @@ std::vector<double> expected_weights(const test::RouterHarness<R>& h, const R* x
         double sum = 0;
         for (int64_t j = 0; j < c.top_k; ++j) sum += s[size_t(idx[size_t(j)])];
         for (int64_t j = 0; j < c.top_k; ++j)
-            out[size_t(t * E + idx[size_t(j)])] =
-                c.route_scale * s[size_t(idx[size_t(j)])] / (c.renormalize ? sum : 1.0);
+            out[size_t(t * E + idx[size_t(j)])] = c.sigmoid_bias.route_scale *
+                                                  s[size_t(idx[size_t(j)])] /
+                                                  (c.softmax_topk.renormalize ? sum : 1.0);
     }
     return out;
 }
@@ -94,8 +95,8 @@ TEST(SigmoidBias, ChoiceAndWeightsOverSizes) {
                         SCOPED_TRACE(::testing::Message() << "T=" << T << " E=" << E << " k=" << k
                                                           << " renorm=" << renorm << " G=" << G);
                         auto c = sb_cfg(E, k, d, G, KG);
-                        c.renormalize = renorm;
-                        c.route_scale = 2.5;
+                        c.softmax_topk.renormalize = renorm;
+                        c.sigmoid_bias.route_scale = 2.5;
                         test::RouterHarness<float> h(c, 64);
                         randomize(h, 3);
                         auto x = test::random_normal_f32(size_t(T * d), 4);
@@ -122,7 +123,7 @@ TEST(SigmoidBias, ChoiceAndWeightsOverSizes) {
 TEST(SigmoidBias, BiasChoosesButDoesNotWeigh) {
     const int64_t T = 7, E = 8, d = 5;
     auto c = sb_cfg(E, 1, d);
-    c.renormalize = false;
+    c.softmax_topk.renormalize = false;
     test::RouterHarness<double> h(c, T);
     randomize(h, 5, 0.0);
     auto x = test::random_normal(size_t(T * d), 6);
@@ -149,7 +150,7 @@ TEST(SigmoidBias, GroupLimitKeepsTheBestGroupsByTopTwoSum) {
     // g3 = .5+.5 = 1.0. The best single experts (.95, .9) are in groups 2 and 0, but group
     // 1 wins, so the token gets experts 2 and 3.
     auto c = sb_cfg(8, 2, 1, 4, 1);
-    c.renormalize = false;
+    c.softmax_topk.renormalize = false;
     test::RouterHarness<double> h(c, 1);
     std::fill(h.param("router.w"), h.param("router.w") + 8, 0.0);
     std::fill(h.param("router.b"), h.param("router.b") + 8, 0.0);  // s = 0.5 everywhere
@@ -253,8 +254,8 @@ TEST(SigmoidBias, BackwardMatchesFiniteDifferencesOverSizes) {
                     SCOPED_TRACE(::testing::Message()
                                  << "T=" << T << " E=" << E << " k=" << k << " renorm=" << renorm);
                     auto c = sb_cfg(E, k, d, G, KG);
-                    c.renormalize = renorm;
-                    c.route_scale = 1.7;
+                    c.softmax_topk.renormalize = renorm;
+                    c.sigmoid_bias.route_scale = 1.7;
                     test::RouterHarness<double> h(c, T);
                     randomize(h, 9);
                     auto x = test::random_normal(size_t(T * d), 10);
@@ -299,11 +300,11 @@ TEST(SigmoidBiasLayer, MatchesReferenceOverSizes) {
 TEST(SigmoidBiasLayer, FiniteDifferencesWithGroupsAndOneExpertTakingAll) {
     auto c = sb_cfg(8, 3, 4, 4, 2);
     c.d_expert = 3;
-    c.route_scale = 2.5;
+    c.sigmoid_bias.route_scale = 2.5;
     test::check_layer_against_reference(c, 7, true, 0, nullptr, sb_params(50), true);
     auto c1 = sb_cfg(8, 1, 4);
     c1.d_expert = 3;
-    c1.renormalize = false;
+    c1.softmax_topk.renormalize = false;
     test::check_layer_against_reference(c1, 7, true, 0, nullptr, sb_params(51, 10.0), true);
     // The layer's after_step reaches the router: expert 0 took every token.
     sparse::MoeLayer<double> layer(c1, 7);
@@ -338,8 +339,8 @@ class SigmoidBiasFixture : public ::testing::Test {
         SCOPED_TRACE(name);
         const auto conf = fx.get_int(name + ".config");
         auto c = sb_cfg(E, conf[0], d, conf[1], conf[2]);
-        c.renormalize = conf[3] != 0;
-        c.route_scale = fx.get(name + ".scale")[0];
+        c.softmax_topk.renormalize = conf[3] != 0;
+        c.sigmoid_bias.route_scale = fx.get(name + ".scale")[0];
         c.aux_loss_coef = coefs[0];
         c.z_loss_coef = coefs[1];
         c.importance_coef = coefs[2];

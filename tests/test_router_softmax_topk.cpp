@@ -9,8 +9,8 @@
 #include <limits>
 #include <memory>
 
-#include "moe_reference.h"
 #include "moe/router.h"
+#include "moe_reference.h"
 #include "test_support.h"
 
 namespace moe::sparse {
@@ -106,8 +106,8 @@ TEST(SoftmaxTopk, PicksTheLargestLogitsAndWeightsByProbability) {
     const int64_t T = 64, E = 8, k = 3, d = 5;
     for (int variant = 0; variant < 3; ++variant) {
         MoeConfig c = config(E, k);
-        c.renormalize = variant == 0;
-        c.softmax_after_topk = variant == 2;
+        c.softmax_topk.renormalize = variant == 0;
+        c.softmax_topk.softmax_after_topk = variant == 2;
         Rig<double> rig(c, T);
         const auto x = test::random_normal(size_t(T * d), 2);
         rig.forward(rig.input(x, T));
@@ -145,9 +145,9 @@ TEST(SoftmaxTopk, PicksTheLargestLogitsAndWeightsByProbability) {
 TEST(SoftmaxTopk, TopkThenSoftmaxEqualsRenormalising) {
     const int64_t T = 33, E = 16, k = 4, d = 5;
     MoeConfig a = config(E, k), b = config(E, k);
-    a.renormalize = true;
-    b.renormalize = false;
-    b.softmax_after_topk = true;
+    a.softmax_topk.renormalize = true;
+    b.softmax_topk.renormalize = false;
+    b.softmax_topk.softmax_after_topk = true;
     Rig<double> ra(a, T), rb(b, T);
     const auto x = test::random_normal(size_t(T * d), 3);
     ra.forward(ra.input(x, T));
@@ -238,8 +238,8 @@ TEST(SoftmaxTopk, BackwardMatchesDenseReferenceOverAwkwardShapes) {
         for (int64_t E : {1, 2, 8, 64})
             for (int64_t k : {int64_t(1), std::min<int64_t>(2, E), E}) {
                 MoeConfig c = config(E, k);
-                c.renormalize = seed % 2 == 0;
-                c.softmax_after_topk = seed % 5 == 0;
+                c.softmax_topk.renormalize = seed % 2 == 0;
+                c.softmax_topk.softmax_after_topk = seed % 5 == 0;
                 c.capacity_factor = seed % 3 == 0 ? 1.0 : 0.0;
                 c.drop_policy = seed % 4 < 2 ? DropPolicy::probability : DropPolicy::position;
                 SCOPED_TRACE(testing::Message() << "T=" << T << " E=" << E << " k=" << k);
@@ -318,8 +318,8 @@ TEST(SoftmaxTopk, BackwardMatchesFiniteDifferences) {
     for (int variant = 0; variant < 4; ++variant) {
         SCOPED_TRACE(variant);
         MoeConfig c = config(6, 2);
-        c.renormalize = variant % 2 == 0;
-        c.softmax_after_topk = variant == 3;
+        c.softmax_topk.renormalize = variant % 2 == 0;
+        c.softmax_topk.softmax_after_topk = variant == 3;
         c.capacity_factor = variant >= 2 ? 0.75 : 0.0;  // 3 seats for 14 choices over 6
         check_finite_differences(c, false);
     }

@@ -27,7 +27,7 @@ MoeConfig soft_cfg(int64_t E, int64_t S, int64_t d, int64_t H,
     c.causal = false;
     c.n_experts = E;
     c.top_k = 1;
-    c.slots_per_expert = S;
+    c.soft.slots_per_expert = S;
     c.d_model = d;
     c.d_expert = H;
     c.expert = kind;
@@ -74,7 +74,7 @@ struct NaiveSoft {
 };
 NaiveSoft naive_soft(const MoeConfig& c, const Arena& params, const std::string& prefix,
                      const std::vector<double>& x, int64_t T, int64_t L) {
-    const int64_t E = c.n_experts, S = c.slots_per_expert, n = E * S, d = c.d_model;
+    const int64_t E = c.n_experts, S = c.soft.slots_per_expert, n = E * S, d = c.d_model;
     const auto phi = sparse::reference::tensor_as_f64(params, prefix + "router.phi");
     MoeConfig routed = c;  // the experts alone: shared experts are not part of Soft MoE
     routed.n_shared = 0;

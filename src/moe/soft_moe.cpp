@@ -24,14 +24,14 @@ SoftMoe<R>::SoftMoe(const MoeConfig& cfg, int64_t max_tokens, int64_t seq_len)
       max_tokens_(max_tokens),
       seq_len_(seq_len),
       E_(cfg.n_experts),
-      S_(cfg.slots_per_expert),
-      n_(cfg.n_experts * cfg.slots_per_expert),
+      S_(cfg.soft.slots_per_expert),
+      n_(cfg.n_experts * cfg.soft.slots_per_expert),
       d_(cfg.d_model) {
     MOE_REQUIRE(!cfg.causal,
                 "router 'soft' mixes every token of a sequence into each slot, including later "
                 "ones; it cannot be used in a causal model (set moe.router to a token-choice "
                 "router)");
-    MOE_REQUIRE(cfg.slots_per_expert >= 1, "moe.slots_per_expert (", cfg.slots_per_expert,
+    MOE_REQUIRE(cfg.soft.slots_per_expert >= 1, "moe.slots_per_expert (", cfg.soft.slots_per_expert,
                 ") must be >= 1");
     MOE_CHECK(max_tokens >= 1 && seq_len >= 0, "SoftMoe: max_tokens=", max_tokens,
               " seq_len=", seq_len);

@@ -66,7 +66,7 @@ double SoftMoeLayer<R>::forward(R* out, const R* x, int64_t T, const RouterInput
     shared_.forward(out, x, T);
     this->losses_ = RouterLosses{};
     const int64_t groups = soft_.seq_len() > 0 ? T / soft_.seq_len() : 1;
-    const int64_t slots = groups * this->cfg_.slots_per_expert;  // rows of each expert
+    const int64_t slots = groups * this->cfg_.soft.slots_per_expert;  // rows of each expert
     MoeStats& st = this->stats_;
     st.tokens = T;
     st.rows = slots * this->cfg_.n_experts;

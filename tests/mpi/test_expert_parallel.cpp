@@ -78,8 +78,8 @@ MoeConfig config(const std::string& router, int64_t E) {
     c.aux_loss_coef = 0.1;
     c.z_loss_coef = 0.01;
     c.importance_coef = 0.05;
-    c.load_coef = 0.05;
-    if (router == "assigned") c.domain_experts = {{0, 1}, {2, 3}, {4, 5}, {6, 7}};
+    c.noisy_topk.load_coef = 0.05;
+    if (router == "assigned") c.assigned.domain_experts = {{0, 1}, {2, 3}, {4, 5}, {6, 7}};
     // Expert choice ranks each rank's own tokens: with one reference per rank's share, only
     // losses without a batch-wide mean keep the ranks' gradients summable, so none.
     if (router == "expert_choice") c.z_loss_coef = 0;

@@ -278,7 +278,7 @@ GateParts gate_parts(const std::vector<double>& l, const std::vector<double>& ke
     g.f.assign(static_cast<size_t>(E), 0.0);
     g.imp.assign(static_cast<size_t>(E), 0.0);
     const int64_t k = cfg.top_k;
-    const bool joint = cfg.renormalize || cfg.softmax_after_topk;
+    const bool joint = cfg.softmax_topk.renormalize || cfg.softmax_topk.softmax_after_topk;
     for (int64_t t = 0; t < T; ++t) {
         const double* lt = l.data() + t * E;
         const double mx = *std::max_element(lt, lt + E);
@@ -353,7 +353,7 @@ std::vector<double> softmax_topk_gate_backward(const std::vector<double>& l,
                                                int64_t E, const MoeConfig& cfg,
                                                const std::vector<double>& d_gate) {
     const GateParts g = gate_parts(l, kept, T, E, cfg);
-    const bool joint = cfg.renormalize || cfg.softmax_after_topk;
+    const bool joint = cfg.softmax_topk.renormalize || cfg.softmax_topk.softmax_after_topk;
     std::vector<double> d_imp;
     cv2(g.imp, &d_imp);
     std::vector<double> d_l(size_t(T * E), 0.0), dw(static_cast<size_t>(E)),

@@ -47,7 +47,7 @@ template <class R>
 class AssignedRouter final : public GateRouter<R> {
   public:
     explicit AssignedRouter(const MoeConfig& cfg) : GateRouter<R>(cfg) {
-        const auto& dom = cfg.domain_experts;
+        const auto& dom = cfg.assigned.domain_experts;
         const int64_t k = cfg.top_k, E = cfg.n_experts;
         MOE_REQUIRE(!dom.empty(),
                     "router 'assigned' needs moe.domain_experts: one list of experts per domain");
@@ -99,7 +99,7 @@ class AssignedRouter final : public GateRouter<R> {
     }
 
     int64_t D_ = 0;                 // domains
-    std::vector<int32_t> experts_;  // [D, k] cfg.domain_experts, flattened
+    std::vector<int32_t> experts_;  // [D, k] cfg.assigned.domain_experts, flattened
     int32_t* label_ = nullptr;      // [max_T] each token's label of the last forward, or -1
     int64_t n_labelled_ = 0;        // labelled tokens of the last forward
 };
@@ -161,7 +161,7 @@ void AssignedRouter<R>::forward(const RouterInput<R>& in, RoutingPlan<R>& plan,
     }
     losses.aux_loss = this->aux_loss_forward(plan, this->probs_, T, k);
     losses.weighted_total = cfg.aux_loss_coef * losses.aux_loss + cfg.z_loss_coef * losses.z_loss +
-                            cfg.assign_loss_coef * losses.assign_loss;
+                            cfg.assigned.assign_loss_coef * losses.assign_loss;
 }
 
 template <class R>
@@ -178,7 +178,8 @@ void AssignedRouter<R>::backward(const RouterInput<R>& in, const RoutingPlan<R>&
     std::fill(this->d_logits_, this->d_logits_ + T * E, R(0));
     if (cfg.aux_loss_coef != 0)
         kernels::softmax_backward(this->d_logits_, this->d_probs_, this->probs_, T, E);
-    const double scale = n_labelled_ > 0 ? cfg.assign_loss_coef / double(n_labelled_) : 0.0;
+    const double scale =
+        n_labelled_ > 0 ? cfg.assigned.assign_loss_coef / double(n_labelled_) : 0.0;
     for (int64_t t = 0; t < T; ++t) {
         const R* l = this->logits_ + t * E;
         const R* p = this->probs_ + t * E;

@@ -213,7 +213,7 @@ void NoisyTopkRouter<R>::forward(const RouterInput<R>& in, RoutingPlan<R>& plan,
     losses.load_loss = GateRouter<R>::cv_squared(load_, E, d_load_);
     losses.weighted_total = cfg.aux_loss_coef * losses.aux_loss + cfg.z_loss_coef * losses.z_loss +
                             cfg.importance_coef * losses.importance_loss +
-                            cfg.load_coef * losses.load_loss;
+                            cfg.noisy_topk.load_coef * losses.load_loss;
 }
 
 template <class R>
@@ -247,13 +247,13 @@ void NoisyTopkRouter<R>::backward(const RouterInput<R>& in, const RoutingPlan<R>
     });
     // Load: P = Phi(z), z = (clean_i - H_thr) / sd_i.
     // Every write stays in token t's row, so tokens run in parallel.
-    if (cfg.load_coef != 0) {
+    if (cfg.noisy_topk.load_coef != 0) {
         parallel_for(T, T * E >= kParallelMin, [&](int64_t t) {
             for (int64_t i = 0; i < E; ++i) {
                 const int64_t ti = t * E + i;
                 if (thr_[ti] < 0) continue;
                 const double z = double(z_[ti]), sd = double(sd_[ti]);
-                const double dz = cfg.load_coef * d_load_[i] * normal_pdf(z);
+                const double dz = cfg.noisy_topk.load_coef * d_load_[i] * normal_pdf(z);
                 this->d_logits_[ti] += R(dz / sd);
                 d_h_[t * E + thr_[ti]] -= R(dz / sd);
                 d_sd_[ti] -= R(dz * z / sd);

@@ -76,16 +76,18 @@ class SigmoidBiasRouter final : public GateRouter<R> {
 
 template <class R>
 SigmoidBiasRouter<R>::SigmoidBiasRouter(const MoeConfig& cfg) : GateRouter<R>(cfg) {
-    const int64_t E = cfg.n_experts, G = cfg.n_groups;
+    const int64_t E = cfg.n_experts, G = cfg.sigmoid_bias.n_groups;
     // MoeConfig::validate() checks these too; a router built from an unvalidated config
     // must not index outside its groups.
     MOE_REQUIRE(G >= 1 && E % G == 0, "moe.n_groups (", G,
                 ") must be >= 1 and divide moe.n_experts (", E, ")");
-    MOE_REQUIRE(cfg.topk_groups >= 1 && cfg.topk_groups <= G, "moe.topk_groups (", cfg.topk_groups,
+    MOE_REQUIRE(cfg.sigmoid_bias.topk_groups >= 1 && cfg.sigmoid_bias.topk_groups <= G,
+                "moe.topk_groups (", cfg.sigmoid_bias.topk_groups,
                 ") must be in [1, moe.n_groups (", G, ")]");
-    MOE_REQUIRE(cfg.top_k >= 1 && cfg.top_k <= cfg.topk_groups * (E / G), "moe.top_k (", cfg.top_k,
-                ") must be in [1, moe.topk_groups (", cfg.topk_groups, ") * experts per group (",
-                E / G, ")] for router sigmoid_bias");
+    MOE_REQUIRE(cfg.top_k >= 1 && cfg.top_k <= cfg.sigmoid_bias.topk_groups * (E / G),
+                "moe.top_k (", cfg.top_k, ") must be in [1, moe.topk_groups (",
+                cfg.sigmoid_bias.topk_groups, ") * experts per group (", E / G,
+                ")] for router sigmoid_bias");
 }
 
 template <class R>
@@ -99,8 +101,9 @@ void SigmoidBiasRouter<R>::declare_extra(Arena& params, Arena& acts, const std::
     acts.add(p + "select_scratch", {max_tokens, E}, dt);
     acts.add(p + "chosen_sum", {max_tokens}, dt);
     acts.add(p + "score_sum", {max_tokens}, dt);
-    acts.add(p + "group_top_scratch", {max_tokens, this->cfg_.topk_groups}, DType::i32);
-    acts.add(p + "group_score_scratch", {max_tokens, this->cfg_.n_groups}, dt);
+    acts.add(p + "group_top_scratch", {max_tokens, this->cfg_.sigmoid_bias.topk_groups},
+             DType::i32);
+    acts.add(p + "group_score_scratch", {max_tokens, this->cfg_.sigmoid_bias.n_groups}, dt);
 }
 
 template <class R>
@@ -117,7 +120,8 @@ void SigmoidBiasRouter<R>::bind_extra(Arena& params, Arena& grads, Arena& acts) 
 
 template <class R>
 void SigmoidBiasRouter<R>::selection_scores(int64_t T) {
-    const int64_t E = this->E_, G = this->cfg_.n_groups, KG = this->cfg_.topk_groups;
+    const int64_t E = this->E_, G = this->cfg_.sigmoid_bias.n_groups,
+                  KG = this->cfg_.sigmoid_bias.topk_groups;
     parallel_for(T, T * E >= kParallelMin, [&](int64_t t) {
         for (int64_t e = 0; e < E; ++e) select_[t * E + e] = scores_[t * E + e] + sel_bias_[e];
     });
@@ -175,7 +179,8 @@ void SigmoidBiasRouter<R>::forward(const RouterInput<R>& in, RoutingPlan<R>& pla
         for (int64_t j = 0; j < k; ++j)
             sum += double(scores_[t * E + this->choice_expert_[t * k + j]]);
         chosen_sum_[t] = R(sum);
-        const double scale = cfg.route_scale / (cfg.renormalize ? sum : 1.0);
+        const double scale =
+            cfg.sigmoid_bias.route_scale / (cfg.softmax_topk.renormalize ? sum : 1.0);
         for (int64_t j = 0; j < k; ++j) {
             const int64_t c = t * k + j;
             this->choice_weight_[c] = R(double(scores_[t * E + this->choice_expert_[c]]) * scale);
@@ -218,14 +223,15 @@ void SigmoidBiasRouter<R>::backward(const RouterInput<R>& in, const RoutingPlan<
         // w_j = c s_j / S_k (renormalize) or c s_j: d s_m = c / S_k (dw_m - sum_j dw_j s_j / S_k).
         const int32_t* ce = this->choice_expert_ + t * k;
         const R* dw = this->d_choice_weight_ + t * k;
-        if (cfg.renormalize) {
+        if (cfg.softmax_topk.renormalize) {
             const double Sk = double(chosen_sum_[t]);
             double wdot = 0;
             for (int64_t j = 0; j < k; ++j) wdot += double(dw[j]) * double(scores_[t * E + ce[j]]);
             for (int64_t j = 0; j < k; ++j)
-                ds[ce[j]] += R(cfg.route_scale / Sk * (double(dw[j]) - wdot / Sk));
+                ds[ce[j]] += R(cfg.sigmoid_bias.route_scale / Sk * (double(dw[j]) - wdot / Sk));
         } else {
-            for (int64_t j = 0; j < k; ++j) ds[ce[j]] += R(cfg.route_scale * double(dw[j]));
+            for (int64_t j = 0; j < k; ++j)
+                ds[ce[j]] += R(cfg.sigmoid_bias.route_scale * double(dw[j]));
         }
     });
     // s = sigmoid(l): d l = d s * s (1 - s).
@@ -250,7 +256,7 @@ void SigmoidBiasRouter<R>::after_step(const RoutingPlan<R>& plan) {
     batch_counts_[size_t(E)] = plan.rows();
     this->sum_over_batch(batch_counts_.data(), E + 1);
     const int64_t rows = batch_counts_[size_t(E)];
-    const R gamma = R(this->cfg_.bias_update_rate);
+    const R gamma = R(this->cfg_.sigmoid_bias.bias_update_rate);
     for (int64_t e = 0; e < E; ++e) {
         const int64_t scaled = batch_counts_[size_t(e)] * E;
         if (scaled < rows)

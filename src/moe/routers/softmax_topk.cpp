@@ -41,7 +41,7 @@ class SoftmaxTopkRouter final : public GateRouter<R> {
         this->gate_forward(in);
         kernels::softmax_forward(this->probs_, this->logits_, T, E);
         this->topk_rows(this->choice_expert_, this->logits_, T, E, k);
-        const bool joint = cfg.renormalize || cfg.softmax_after_topk;
+        const bool joint = cfg.softmax_topk.renormalize || cfg.softmax_topk.softmax_after_topk;
         for (int64_t t = 0; t < T; ++t) {
             const R* p = this->probs_ + t * E;
             const R* l = this->logits_ + t * E;
@@ -52,12 +52,12 @@ class SoftmaxTopkRouter final : public GateRouter<R> {
             for (int64_t j = 0; j < k; ++j) s += double(p[ex[j]]);
             // Softmax over the kept logits: ex[0] holds the largest, so exp never overflows.
             double se = 0;
-            if (cfg.softmax_after_topk)
+            if (cfg.softmax_topk.softmax_after_topk)
                 for (int64_t j = 0; j < k; ++j) se += std::exp(double(l[ex[j]]) - double(l[ex[0]]));
             for (int64_t j = 0; j < k; ++j) {
                 const double pj = double(p[ex[j]]);
                 prio[j] = R(pj);
-                if (cfg.softmax_after_topk)
+                if (cfg.softmax_topk.softmax_after_topk)
                     w[j] = R(std::exp(double(l[ex[j]]) - double(l[ex[0]])) / se);
                 else
                     w[j] = R(joint ? pj / s : pj);
@@ -79,7 +79,7 @@ class SoftmaxTopkRouter final : public GateRouter<R> {
                   R* d_x) override {
         const MoeConfig& cfg = this->cfg_;
         const int64_t T = in.T, E = this->E_, k = cfg.top_k;
-        const bool joint = cfg.renormalize || cfg.softmax_after_topk;
+        const bool joint = cfg.softmax_topk.renormalize || cfg.softmax_topk.softmax_after_topk;
         this->scatter_row_grads(plan, d_row_weight, T, k);
         const Choices<R> ch = this->choices(T, k, nullptr);
         this->importance_loss_backward(this->d_choice_weight_, ch, cfg.importance_coef);
