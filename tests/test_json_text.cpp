@@ -33,7 +33,7 @@ TEST(JsonDepth, HundredThousandLevelsIsAnErrorNotACrash) {
 // Found by fuzzing: nlohmann's parser stops at a NUL byte, so a header "{...}\0garbage"
 // parsed as its first part, and the key scan over the whole text then met the garbage.
 TEST(JsonText, NulByteIsRefusedWhereverItIs) {
-    for (const std::string text : {std::string("{}\0{\"x\": 1}", 11),
+    for (const std::string& text : {std::string("{}\0{\"x\": 1}", 11),
                                    std::string("{\"a\0\": 1}", 9), std::string("\0", 1)}) {
         EXPECT_TRUE(test::throws_error_with([&] { io::check_json_text(text, "h"); },
                                             {"h: JSON text holds a NUL byte at byte"}))
