@@ -20,6 +20,7 @@ packages=(
     llvm                           # llvm-symbolizer: readable sanitizer stack traces
     nlohmann-json3-dev             # config files and safetensors headers
     zlib1g-dev                     # gzip-compressed IDX images
+    libpng-dev                     # PNG image folders (vision recipe) and sample grids
     python3 python3-torch python3-numpy python3-venv python3-pip   # PyTorch fixtures
     fortunes                       # text corpus
     dataset-fashion-mnist          # image data
