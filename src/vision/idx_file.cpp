@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "core/check.h"
+#include "core/memory_budget.h"
 #include "io/input_file.h"
 
 namespace moe::vision {
@@ -23,13 +24,20 @@ constexpr size_t kChunk = size_t(1) << 24;
 
 const char* type_name(int type) {
     switch (type) {
-        case 0x08: return "unsigned byte";
-        case 0x09: return "signed byte";
-        case 0x0B: return "short";
-        case 0x0C: return "int";
-        case 0x0D: return "float";
-        case 0x0E: return "double";
-        default: return nullptr;
+        case 0x08:
+            return "unsigned byte";
+        case 0x09:
+            return "signed byte";
+        case 0x0B:
+            return "short";
+        case 0x0C:
+            return "int";
+        case 0x0D:
+            return "float";
+        case 0x0E:
+            return "double";
+        default:
+            return nullptr;
     }
 }
 
@@ -125,13 +133,15 @@ IdxFile read_idx(const std::string& path) {
         const unsigned char* b = raw + 4 * d;
         const int64_t v =
             int64_t((uint32_t(b[0]) << 24) | (uint32_t(b[1]) << 16) | (uint32_t(b[2]) << 8) | b[3]);
-        MOE_REQUIRE(v > 0, path, ": IDX dimension ", d, " is 0 (dims ",
-                    dims_text(out.dims), " so far)");
+        MOE_REQUIRE(v > 0, path, ": IDX dimension ", d, " is 0 (dims ", dims_text(out.dims),
+                    " so far)");
         out.dims.push_back(v);
-        // Each dim < 2^32 and the running product <= 2^34, so this never overflows.
-        expected *= uint64_t(v);
+        // The running product is <= 2^34 and a dim < 2^32: the product fits in 66 bits,
+        // so it saturates rather than wraps.
+        expected = sat_mul(expected, uint64_t(v));
         MOE_REQUIRE(expected <= kMaxIdxBytes, path, ": IDX dims ", dims_text(out.dims),
-                    "... need more than the limit of ", kMaxIdxBytes, " bytes");
+                    d + 1 < ndims ? " (and more)" : "", " need more data than the limit of ",
+                    kMaxIdxBytes, " bytes (", format_bytes(kMaxIdxBytes), ")");
     }
 
     size_t have = 0;
@@ -149,24 +159,23 @@ IdxFile read_idx(const std::string& path) {
     uint64_t extra = 0;
     char scratch[1 << 16];
     for (size_t r; (r = in.read(scratch, sizeof(scratch))) > 0;) extra += r;
-    MOE_REQUIRE(extra == 0, path, ": trailing data after the IDX data: dims ",
-                dims_text(out.dims), " need ", expected, " bytes of data (", header + expected,
+    MOE_REQUIRE(extra == 0, path, ": trailing data after the IDX data: dims ", dims_text(out.dims),
+                " need ", expected, " bytes of data (", header + expected,
                 " with the header), the file holds ", expected + extra, " (",
                 header + expected + extra, "), ", extra, " too many", what);
     return out;
 }
 
 const std::vector<std::string>& fashion_mnist_class_names() {
-    static const std::vector<std::string> names = {"T-shirt/top", "Trouser", "Pullover", "Dress",
-                                                   "Coat",        "Sandal",  "Shirt",    "Sneaker",
-                                                   "Bag",         "Ankle boot"};
+    static const std::vector<std::string> names = {
+        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+        "Sandal",      "Shirt",   "Sneaker",  "Bag",   "Ankle boot"};
     return names;
 }
 
 ImageSet read_idx_images(const std::string& images_path, const std::string& labels_path,
                          int64_t n_classes) {
-    MOE_CHECK(n_classes >= 1 && n_classes <= INT32_MAX, "read_idx_images: n_classes = ",
-              n_classes);
+    MOE_CHECK(n_classes >= 1 && n_classes <= INT32_MAX, "read_idx_images: n_classes = ", n_classes);
     IdxFile images = read_idx(images_path);
     MOE_REQUIRE(images.dims.size() == 3, images_path, ": an IDX images file must be 3-D [count, ",
                 "height, width], this one has dims ", dims_text(images.dims));

@@ -22,9 +22,9 @@ inline float normalised(uint8_t v, float mean, float std) {
 }
 
 void check_norm(const Normalization& norm, int64_t C) {
-    MOE_CHECK(int64_t(norm.mean.size()) == C && int64_t(norm.std.size()) == C,
-              "normalisation has ", norm.mean.size(), " means and ", norm.std.size(),
-              " stds for images of ", C, " channels");
+    MOE_CHECK(int64_t(norm.mean.size()) == C && int64_t(norm.std.size()) == C, "normalisation has ",
+              norm.mean.size(), " means and ", norm.std.size(), " stds for images of ", C,
+              " channels");
 }
 
 void fisher_yates(std::vector<int64_t>& v, Rng& rng) {
@@ -66,7 +66,8 @@ Normalization compute_normalization(const ImageSet& set, const std::vector<int64
     const double values = double(n) * double(per_image);
     for (int64_t c = 0; c < C; ++c) {
         const double mean = sum[size_t(c)] / values / 255.0;
-        const double var = std::max(0.0, sum_sq[size_t(c)] / values / (255.0 * 255.0) - mean * mean);
+        const double var =
+            std::max(0.0, sum_sq[size_t(c)] / values / (255.0 * 255.0) - mean * mean);
         const double sd = std::sqrt(var);
         norm.mean.push_back(float(mean));
         norm.std.push_back(sd > 1e-12 ? float(sd) : 1.0f);

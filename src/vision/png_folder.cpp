@@ -33,8 +33,9 @@ std::vector<fs::directory_entry> sorted_entries(const fs::path& dir) {
     if (ec) MOE_FAIL(dir.string(), ": cannot list image folder: ", ec.message());
     std::vector<fs::directory_entry> out;
     for (const fs::directory_entry& e : it) out.push_back(e);
-    std::sort(out.begin(), out.end(),
-              [](const auto& a, const auto& b) { return a.path().filename() < b.path().filename(); });
+    std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) {
+        return a.path().filename() < b.path().filename();
+    });
     return out;
 }
 
@@ -42,8 +43,8 @@ std::vector<fs::directory_entry> sorted_entries(const fs::path& dir) {
 
 ImageSet read_png_folder(const std::string& dir, int64_t height, int64_t width, int64_t channels,
                          std::vector<std::string>* skipped) {
-    MOE_CHECK(height > 0 && width > 0 && (channels == 1 || channels == 3),
-              "read_png_folder: size ", height, " x ", width, " x ", channels);
+    MOE_CHECK(height > 0 && width > 0 && (channels == 1 || channels == 3), "read_png_folder: size ",
+              height, " x ", width, " x ", channels);
     std::error_code ec;
     MOE_REQUIRE(fs::exists(dir, ec), dir, ": image folder does not exist");
     MOE_REQUIRE(fs::is_directory(dir, ec), dir, ": image folder is not a directory");
@@ -91,8 +92,8 @@ ImageSet read_png_folder(const std::string& dir, int64_t height, int64_t width, 
             ++set.count;
             ++found;
         }
-        MOE_REQUIRE(found > 0, classes[c].string(), ": class folder \"",
-                    set.class_names.back(), "\" holds no .png file");
+        MOE_REQUIRE(found > 0, classes[c].string(), ": class folder \"", set.class_names.back(),
+                    "\" holds no .png file");
     }
     return set;
 }

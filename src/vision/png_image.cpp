@@ -76,7 +76,8 @@ bool decode(FILE* f, int channels, Image* img, ErrorState* st) {
     if (png_get_channels(png, info) != channels || png_get_bit_depth(png, info) != 8) {
         std::snprintf(st->message, sizeof(st->message),
                       "conversion to %d channel(s) of 8 bits gave %d channel(s) of %d bits",
-                      channels, int(png_get_channels(png, info)), int(png_get_bit_depth(png, info)));
+                      channels, int(png_get_channels(png, info)),
+                      int(png_get_bit_depth(png, info)));
         png_destroy_read_struct(&png, &info, nullptr);
         return false;
     }
@@ -150,8 +151,9 @@ Image read_png(const std::string& path, int64_t channels) {
     const size_t got = std::fread(sig, 1, 8, f);
     if (got != 8 || png_sig_cmp(sig, 0, 8) != 0) {
         std::fclose(f);
-        MOE_FAIL(path, ": not a PNG file (", got < 8 ? "shorter than the 8-byte signature"
-                                                     : "its first 8 bytes are not the PNG signature",
+        MOE_FAIL(path, ": not a PNG file (",
+                 got < 8 ? "shorter than the 8-byte signature"
+                         : "its first 8 bytes are not the PNG signature",
                  ")");
     }
     Image img;
