@@ -54,6 +54,16 @@ std::string dims_text(const std::vector<int64_t>& dims) {
     return os.str();
 }
 
+// gzerror's message without the "<fd:3>: " that zlib puts before it for a descriptor.
+std::string zlib_reason(const char* msg) {
+    std::string m = msg ? msg : "";
+    if (m.rfind("<fd:", 0) == 0) {
+        const size_t colon = m.find(": ");
+        if (colon != std::string::npos) m = m.substr(colon + 2);
+    }
+    return m.empty() ? "unknown zlib error" : m;
+}
+
 // A gzFile over a descriptor (plain files pass through zlib's transparent mode), closed on
 // every path out.
 class GzReader {
@@ -80,19 +90,16 @@ class GzReader {
             const char* msg = gzerror(file_, &err);
             // Z_BUF_ERROR with data returned means the stream ended mid-way: a cut file.
             if (r < 0 || (err != Z_OK && err != Z_STREAM_END))
-                MOE_FAIL(path_, ": corrupt gzip stream (", msg ? msg : "unknown zlib error",
-                         ") after ", done_total_ + done, " decompressed bytes");
+                MOE_FAIL(path_, ": corrupt gzip stream (", zlib_reason(msg), ")");
             if (r == 0) break;
             done += size_t(r);
         }
-        done_total_ += done;
         return done;
     }
 
   private:
     gzFile file_ = nullptr;
     std::string path_;
-    uint64_t done_total_ = 0;
 };
 
 }  // namespace

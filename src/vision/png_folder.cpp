@@ -63,9 +63,9 @@ ImageSet read_png_folder(const std::string& dir, int64_t height, int64_t width, 
         else
             skip(e.path());
     }
-    MOE_REQUIRE(!classes.empty(), dir, ": image folder has no class subfolders (", top.size(),
-                " other entries); expected one subfolder per class, each holding that class's ",
-                ".png files");
+    MOE_REQUIRE(!classes.empty(), dir, ": image folder has no class subfolders, only ", top.size(),
+                top.size() == 1 ? " other entry" : " other entries",
+                "; expected one subfolder per class, each holding that class's ", ".png files");
 
     ImageSet set;
     set.height = height;

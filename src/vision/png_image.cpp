@@ -160,7 +160,10 @@ Image read_png(const std::string& path, int64_t channels) {
     ErrorState st;
     const bool ok = decode(f, int(channels), &img, &st);
     std::fclose(f);
-    MOE_REQUIRE(ok, path, ": corrupt or unreadable PNG: ", st.message);
+    // libpng says only "Read Error" when the file ends early.
+    const bool cut = std::strcmp(st.message, "Read Error") == 0;
+    MOE_REQUIRE(ok, path, ": corrupt or unreadable PNG: ", st.message,
+                cut ? " (the file ends before the image does: truncated?)" : "");
     return img;
 }
 
