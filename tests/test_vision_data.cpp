@@ -680,8 +680,8 @@ TEST(VisionTrainBatches, DependOnlyOnSeedAndStep) {
     c.fill(11, 0, B, x2.data(), l2.data());
     EXPECT_NE(std::memcmp(x1.data(), x2.data(), x1.size() * sizeof(float)), 0);
 
-    // A rank's share is the matching slice of the whole batch, for 1 to 4 ranks (B = 7:
-    // uneven shares, and with 4 ranks... each holds 1 or 2).
+    // A rank's share is the matching slice of the whole batch, for 1 to 4 ranks (B = 7
+    // splits unevenly: 3 + 4, 2 + 2 + 3, 1 + 2 + 2 + 2).
     for (int64_t st : {0, 2, 3, 40}) {
         std::vector<float> whole(static_cast<size_t>(B * size));
         std::vector<int32_t> whole_l(static_cast<size_t>(B));
