@@ -4,8 +4,11 @@
 // gradients, batch-size caching, reduction groups, and shape errors.
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <limits>
 
+#include "core/timer.h"
+#include "kernels/gemm.h"
 #include "kernels/grouped_reduce.h"
 #include "nn/conv2d.h"
 #include "nn/linear.h"
@@ -440,6 +443,89 @@ TEST_P(Conv2dFixture, FloatMatchesTorch) {
 
 INSTANTIATE_TEST_SUITE_P(Torch, Conv2dFixture,
                          ::testing::Values("same", "stride2", "wide", "patch"));
+
+// ---- timing (disabled: run with --gtest_also_run_disabled_tests) ----
+
+// GFLOP/s of forward and backward for the vision recipe's shapes at batch 128, in each
+// layout, beside oneDNN's sgemm rate for the same FLOPs (the im2col GEMM) in the same run.
+// A print, not an assertion: tells whether oneDNN picked a good kernel on this CPU.
+TEST(Conv2dTiming, DISABLED_Rates) {
+    const int64_t B = 128;
+    const Conv2dShape shapes[] = {
+        {.in_channels = 1,
+         .out_channels = 32,
+         .kernel = 3,
+         .padding = 1,
+         .height = 28,
+         .width = 28},
+        {.in_channels = 32,
+         .out_channels = 64,
+         .kernel = 3,
+         .padding = 1,
+         .height = 14,
+         .width = 14},
+        {.in_channels = 64,
+         .out_channels = 128,
+         .kernel = 3,
+         .padding = 1,
+         .height = 7,
+         .width = 7},
+        {.in_channels = 32,
+         .out_channels = 64,
+         .kernel = 3,
+         .padding = 1,
+         .height = 28,
+         .width = 28},
+        {.in_channels = 1, .out_channels = 64, .kernel = 4, .stride = 4, .height = 28, .width = 28},
+    };
+    // Best of `reps` timed runs after one warm-up (the machine is shared).
+    auto best = [](int reps, auto&& fn) {
+        fn();
+        double t = 1e30;
+        for (int r = 0; r < reps; ++r) {
+            Timer timer;
+            fn();
+            t = std::min(t, timer.seconds());
+        }
+        return t;
+    };
+    for (const Conv2dShape& s : shapes) {
+        const auto in = test::random_normal_f32(in_size(s, B), 1);
+        const auto w = test::random_normal_f32(w_size(s), 2);
+        const auto b = test::random_normal_f32(size_t(s.out_channels), 3);
+        const auto dy = test::random_normal_f32(out_size(s, B), 4);
+        std::vector<float> y(out_size(s, B)), d_in(in.size()), d_w(w.size()), d_b(b.size());
+        const int64_t M = B * s.out_height() * s.out_width(), N = s.out_channels,
+                      Kd = s.in_channels * s.kernel * s.kernel;
+        const double flops = 2.0 * double(M) * double(N) * double(Kd);
+        const bool first_layer = s.in_channels == 1;  // no input gradient
+        std::vector<float> A(size_t(M * Kd), 0.5f), C(size_t(M * N));
+        const double t_gemm = best(5, [&] {
+            kernels::gemm(false, true, M, N, Kd, 1.0f, A.data(), Kd, w.data(), Kd, 0.0f, C.data(),
+                          N);
+        });
+        std::printf("%s, batch %ld: sgemm %ldx%ldx%ld %.1f GFLOP/s\n", s.str().c_str(), long(B),
+                    long(M), long(N), long(Kd), flops / t_gemm * 1e-9);
+        // plain is left out: oneDNN 2.6 has only its reference kernels for NHWC with OIHW
+        // weights ("ref:any"), 100-1000x slower.
+        for (auto layout : {Conv2dLayout::any_weights, Conv2dLayout::any}) {
+            Conv2d conv(s, layout);
+            const double t_f =
+                best(10, [&] { conv.forward(y.data(), in.data(), w.data(), b.data(), B); });
+            const double t_b = best(10, [&] {
+                conv.backward(first_layer ? nullptr : d_in.data(), d_w.data(), d_b.data(),
+                              dy.data(), in.data(), w.data(), B);
+            });
+            const double bwd_flops = first_layer ? flops : 2 * flops;
+            std::printf("  %-11s fwd %7.1f GFLOP/s (%.2f ms)  bwd %7.1f GFLOP/s (%.2f ms)  [%s]\n",
+                        layout == Conv2dLayout::plain         ? "plain"
+                        : layout == Conv2dLayout::any_weights ? "any_weights"
+                                                              : "any",
+                        flops / t_f * 1e-9, t_f * 1e3, bwd_flops / t_b * 1e-9, t_b * 1e3,
+                        conv.implementations(B).c_str());
+        }
+    }
+}
 
 }  // namespace
 }  // namespace moe

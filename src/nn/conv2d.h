@@ -64,8 +64,18 @@ void conv2d_backward(double* d_in, double* d_weight, double* d_bias, const doubl
                      const double* in, const double* weight, int64_t B, const Conv2dShape& shape);
 
 // Which memory layouts Conv2d lets oneDNN choose. The caller's tensors are always NHWC and
-// OIHW; a layout other than theirs costs a reorder per call (weights: OC*IC*K*K floats,
-// activations: a pass over the feature map).
+// OIHW; a layout other than theirs costs a reorder per call (weights: OC*IC*K*K floats, a
+// few microseconds; activations: a pass over the feature map).
+//
+// Measured with oneDNN 2.6 on AVX-512 (2 threads, batch 128, 3x3 padding 1; 1->32 at 28x28,
+// 32->64 at 14x14 and 28x28, 64->128 at 7x7; the timing test in tests/test_nn_conv2d.cpp):
+// - plain gets only oneDNN's reference kernels ("ref:any"), 100-1000x slower than the others:
+//   kept for tests of the no-reorder path, never for training.
+// - any_weights gets brgconv:avx512_core forward (which works on NHWC directly) and
+//   jit:avx512_core backward, and was the fastest or close in every case but one.
+// - any picks blocked activations (nChw16c) and jit:avx512_core everywhere: 1.3-2x slower
+//   in most cases once the activation reorders are paid, faster only for 64->128 at 7x7
+//   forward.
 enum class Conv2dLayout {
     plain,        // NHWC activations, OIHW weights: no reorders besides accumulation
     any_weights,  // NHWC activations, weights in oneDNN's preferred blocked layout
@@ -80,9 +90,8 @@ enum class Conv2dLayout {
 // Not thread-safe: one call at a time per object.
 class Conv2d {
   public:
-    // Default layout: the fastest measured on this CPU for 1->32, 32->64 and 64->128
-    // channels at 28x28, 14x14 and 7x7, batch 128, 3x3 padding 1 (see conv2d.cpp).
-    explicit Conv2d(const Conv2dShape& shape, Conv2dLayout layout = Conv2dLayout::plain);
+    // The default layout is the fastest measured (see Conv2dLayout).
+    explicit Conv2d(const Conv2dShape& shape, Conv2dLayout layout = Conv2dLayout::any_weights);
     ~Conv2d();
     Conv2d(Conv2d&&) noexcept;
     Conv2d& operator=(Conv2d&&) noexcept;
