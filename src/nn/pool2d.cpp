@@ -79,6 +79,15 @@ template void max_pool2d_backward_reference<float>(float*, const float*, const f
 template void max_pool2d_backward_reference<double>(double*, const double*, const double*, int64_t,
                                                     const Pool2dShape&);
 
+void max_pool2d_forward(double* out, const double* in, int64_t B, const Pool2dShape& shape) {
+    max_pool2d_forward_reference(out, in, B, shape);
+}
+
+void max_pool2d_backward(double* d_in, const double* d_out, const double* in, int64_t B,
+                         const Pool2dShape& shape) {
+    max_pool2d_backward_reference(d_in, d_out, in, B, shape);
+}
+
 // ---- oneDNN ----
 
 struct MaxPool2d::Plan {

@@ -40,6 +40,11 @@ template <class R>
 void max_pool2d_backward_reference(R* d_in, const R* d_out, const R* in, int64_t B,
                                    const Pool2dShape& shape);
 
+// The double path, for models instantiated on double (finite differences): the reference.
+void max_pool2d_forward(double* out, const double* in, int64_t B, const Pool2dShape& shape);
+void max_pool2d_backward(double* d_in, const double* d_out, const double* in, int64_t B,
+                         const Pool2dShape& shape);
+
 // Max pooling through oneDNN's pooling primitive (forward_training with a workspace,
 // forward_inference without, backward), for one Pool2dShape; primitives made on the first
 // call with a batch size and cached by it, as Conv2d does. Not thread-safe.
