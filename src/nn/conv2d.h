@@ -38,7 +38,8 @@ struct Conv2dShape {
 
     int64_t out_height() const { return (height + 2 * padding - kernel) / stride + 1; }
     int64_t out_width() const { return (width + 2 * padding - kernel) / stride + 1; }
-    // "in 3x28x28 -> out 32x28x28, kernel 3 stride 1 padding 1" (channels x height x width)
+    // "in 3x28x28, 32 out channels, kernel 3 stride 1 padding 1" (input channels x height x
+    // width), for error messages
     std::string str() const;
     // Throws moe::Error naming `op` and the shapes when the sizes make no convolution.
     void validate(const char* op) const;
@@ -67,15 +68,16 @@ void conv2d_backward(double* d_in, double* d_weight, double* d_bias, const doubl
 // OIHW; a layout other than theirs costs a reorder per call (weights: OC*IC*K*K floats, a
 // few microseconds; activations: a pass over the feature map).
 //
-// Measured with oneDNN 2.6 on AVX-512 (2 threads, batch 128, 3x3 padding 1; 1->32 at 28x28,
-// 32->64 at 14x14 and 28x28, 64->128 at 7x7; the timing test in tests/test_nn_conv2d.cpp):
+// Measured with oneDNN 2.6 on an AVX-512 Xeon (batch 128, 3x3 padding 1; 1->32 at 28x28,
+// 32->64 at 14x14 and 28x28, 64->128 at 7x7, and a 4x4 patch embedding 1->64 at 28x28;
+// the disabled timing test in tests/test_nn_conv2d.cpp), one thread:
 // - plain gets only oneDNN's reference kernels ("ref:any"), 100-1000x slower than the others:
 //   kept for tests of the no-reorder path, never for training.
 // - any_weights gets brgconv:avx512_core forward (which works on NHWC directly) and
-//   jit:avx512_core backward, and was the fastest or close in every case but one.
-// - any picks blocked activations (nChw16c) and jit:avx512_core everywhere: 1.3-2x slower
-//   in most cases once the activation reorders are paid, faster only for 64->128 at 7x7
-//   forward.
+//   jit:avx512_core backward: 160-177 GFLOP/s forward and 140-165 backward on the 32- and
+//   64-channel layers, the fastest in every case but 64->128 at 7x7 forward (6% behind).
+// - any picks blocked activations (nChw16c) and jit:avx512_core everywhere: 1-1.4x slower
+//   once the activation reorders are paid.
 enum class Conv2dLayout {
     plain,        // NHWC activations, OIHW weights: no reorders besides accumulation
     any_weights,  // NHWC activations, weights in oneDNN's preferred blocked layout
@@ -109,7 +111,8 @@ class Conv2d {
                   const float* weight, int64_t B);
 
     // oneDNN's implementation names for batch B (building the primitives if needed), e.g.
-    // "fwd brgconv:avx512_core bwd_d ... bwd_w ...": for benchmarks and reports.
+    // "fwd brgconv:avx512_core, bwd_data jit:avx512_core, bwd_weights jit:avx512_core": for
+    // benchmarks and reports.
     std::string implementations(int64_t B);
 
     struct Plan;  // primitives for one batch size (conv2d.cpp)
