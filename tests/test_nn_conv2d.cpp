@@ -196,6 +196,32 @@ std::vector<Case> sweep() {
         s.width = sizes[(i / 5) % 4][1];
         cases.push_back({s, 1 + i % 3});
     }
+    // Corners: padding wider than a 1x1 kernel (the border is bias only), a kernel as large
+    // as the padded input (one output), a stride past the kernel (inputs reaching nothing).
+    cases.push_back({{.in_channels = 3,
+                      .out_channels = 8,
+                      .kernel = 1,
+                      .stride = 1,
+                      .padding = 2,
+                      .height = 4,
+                      .width = 5},
+                     2});
+    cases.push_back({{.in_channels = 8,
+                      .out_channels = 3,
+                      .kernel = 5,
+                      .stride = 2,
+                      .padding = 1,
+                      .height = 3,
+                      .width = 3},
+                     2});
+    cases.push_back({{.in_channels = 17,
+                      .out_channels = 17,
+                      .kernel = 2,
+                      .stride = 3,
+                      .padding = 0,
+                      .height = 11,
+                      .width = 8},
+                     3});
     return cases;
 }
 

@@ -184,6 +184,16 @@ Conv2d::Conv2d(Conv2d&&) noexcept = default;
 Conv2d& Conv2d::operator=(Conv2d&&) noexcept = default;
 
 Conv2d::Plan& Conv2d::plan(int64_t B) {
+    try {
+        return build_plan(B);
+    } catch (const dnnl::error& e) {
+        // An unsupported configuration or out of memory inside oneDNN: say which layer.
+        MOE_FAIL("conv2d: oneDNN could not build primitives for ", shape_.str(), ", batch ", B,
+                 ": ", e.what());
+    }
+}
+
+Conv2d::Plan& Conv2d::build_plan(int64_t B) {
     MOE_CHECK(B > 0, "conv2d: batch must be positive, got ", B, " (", shape_.str(), ")");
     auto found = state_->plans.find(B);
     if (found != state_->plans.end()) return *found->second;

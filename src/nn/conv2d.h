@@ -118,7 +118,8 @@ class Conv2d {
     struct Plan;  // primitives for one batch size (conv2d.cpp)
 
   private:
-    Plan& plan(int64_t B);
+    Plan& plan(int64_t B);  // the cached plan for B, built on first use
+    Plan& build_plan(int64_t B);
 
     Conv2dShape shape_;
     Conv2dLayout layout_;

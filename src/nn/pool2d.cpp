@@ -115,6 +115,16 @@ MaxPool2d::MaxPool2d(MaxPool2d&&) noexcept = default;
 MaxPool2d& MaxPool2d::operator=(MaxPool2d&&) noexcept = default;
 
 MaxPool2d::Plan& MaxPool2d::plan(int64_t B) {
+    try {
+        return build_plan(B);
+    } catch (const dnnl::error& e) {
+        // An unsupported configuration or out of memory inside oneDNN: say which layer.
+        MOE_FAIL("max_pool2d: oneDNN could not build primitives for ", shape_.str(), ", batch ", B,
+                 ": ", e.what());
+    }
+}
+
+MaxPool2d::Plan& MaxPool2d::build_plan(int64_t B) {
     MOE_CHECK(B > 0, "max_pool2d: batch must be positive, got ", B, " (", shape_.str(), ")");
     auto found = state_->plans.find(B);
     if (found != state_->plans.end()) return *found->second;

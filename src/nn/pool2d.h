@@ -81,7 +81,8 @@ class MaxPool2d {
     struct Plan;
 
   private:
-    Plan& plan(int64_t B);
+    Plan& plan(int64_t B);  // the cached plan for B, built on first use
+    Plan& build_plan(int64_t B);
 
     Pool2dShape shape_;
     struct State;
