@@ -68,15 +68,16 @@ void conv2d_backward(double* d_in, double* d_weight, double* d_bias, const doubl
 // OIHW; a layout other than theirs costs a reorder per call (weights: OC*IC*K*K floats, a
 // few microseconds; activations: a pass over the feature map).
 //
-// Measured with oneDNN 2.6 on an AVX-512 Xeon (batch 128, 3x3 padding 1; 1->32 at 28x28,
-// 32->64 at 14x14 and 28x28, 64->128 at 7x7, and a 4x4 patch embedding 1->64 at 28x28;
-// the disabled timing test in tests/test_nn_conv2d.cpp), one thread:
+// Measured with oneDNN 2.6 on an AVX-512 Xeon, 2 threads (batch 128, 3x3 padding 1; 1->32
+// at 28x28, 32->64 at 14x14 and 28x28, 64->128 at 7x7, and a 4x4 patch embedding 1->64 at
+// 28x28; the disabled timing test in tests/test_nn_conv2d.cpp):
 // - plain gets only oneDNN's reference kernels ("ref:any"), 100-1000x slower than the others:
 //   kept for tests of the no-reorder path, never for training.
 // - any_weights gets brgconv:avx512_core forward (which works on NHWC directly) and
-//   jit:avx512_core backward: 160-177 GFLOP/s forward and 140-165 backward on the 32- and
-//   64-channel layers, the fastest in every case but 64->128 at 7x7 forward (6% behind).
-// - any picks blocked activations (nChw16c) and jit:avx512_core everywhere: 1-1.4x slower
+//   jit:avx512_core backward: 320-365 GFLOP/s forward and 295-335 backward on the 32- and
+//   64-channel layers (oneDNN's sgemm: 220-325 for the same im2col GEMMs), the fastest in
+//   every case but 64->128 at 7x7 forward (3% behind).
+// - any picks blocked activations (nChw16c) and jit:avx512_core everywhere: 1-1.5x slower
 //   once the activation reorders are paid.
 enum class Conv2dLayout {
     plain,        // NHWC activations, OIHW weights: no reorders besides accumulation
