@@ -308,9 +308,9 @@ void Conv2d::backward(float* d_in, float* d_weight, float* d_bias, const float* 
     const int64_t g = kernels::reduction_groups();
     MOE_CHECK(B % g == 0, "conv2d: batch ", B, " does not split into ", g, " reduction groups (",
               s.str(), ")");
-    Plan& p = plan(B);
     State& st = *state_;
     if (d_in) {
+        Plan& p = plan(B);
         const auto& sp = st.scratch_mem;
         const auto& ddst = p.bd_ddst.prepare(d_out, st.stream, sp);
         const auto& w = p.bd_w.prepare(weight, st.stream, sp);
@@ -321,7 +321,8 @@ void Conv2d::backward(float* d_in, float* d_weight, float* d_bias, const float* 
                       {DNNL_ARG_SCRATCHPAD, sp.get()}});
         p.bd_dsrc.finish(d_in, st.stream, sp);
     }
-    if (g == 1) return weight_gradients(p, st.stream, st.scratch_mem, d_weight, d_bias, d_out, in);
+    if (g == 1)
+        return weight_gradients(plan(B), st.stream, st.scratch_mem, d_weight, d_bias, d_out, in);
 
     // Reduction groups: each chunk of B/g images into its own zeroed slot (0 + x = x, so
     // the accumulating reorder writes the chunk's sum exactly), slots combined by the
