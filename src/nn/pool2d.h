@@ -50,12 +50,12 @@ void max_pool2d_backward(double* d_in, const double* d_out, const double* in, in
 // call with a batch size and cached by it, as Conv2d does. Not thread-safe.
 //
 // The workspace is what oneDNN's forward_training records for backward: the position of
-// each output's maximum within its window (one small integer per output element, u8 for
-// windows up to 256 elements). The CALLER owns it, sized by workspace_bytes(B): it is a
-// saved activation like any other that forward writes for backward (src/nn/linear.h), so
-// a model keeps it in its activation arena, and two forwards before their backwards
-// (micro-batches, recomputation, a layer object used twice) cannot overwrite each other's,
-// as one buffer owned by this object would.
+// each output's maximum within its window (one small integer per output element: u8 for
+// windows of under 256 elements, s32 beyond). The CALLER owns it, sized by
+// workspace_bytes(B): it is a saved activation like any other that forward writes for
+// backward (src/nn/linear.h), so a model keeps it in its activation arena, and two forwards
+// before their backwards (micro-batches, recomputation, a layer object used twice) cannot
+// overwrite each other's, as one buffer owned by this object would.
 class MaxPool2d {
   public:
     explicit MaxPool2d(const Pool2dShape& shape);
