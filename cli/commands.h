@@ -9,5 +9,12 @@ int run_info(int argc, char** argv);
 int run_eval(int argc, char** argv);
 int run_inspect(int argc, char** argv);
 int run_generate(int argc, char** argv);
+int run_classify(int argc, char** argv);
+
+// Vision models' eval and inspect (eval.cpp and inspect.cpp hand over to them when the
+// run named on the command line is a vision model's, see names_vision_run).
+int run_vision_eval(int argc, char** argv);
+int run_vision_inspect(int argc, char** argv);
+bool names_vision_run(int argc, char** argv);
 
 }  // namespace moe::cli

@@ -16,6 +16,8 @@ namespace {
 const char* kUsage =
     "usage: moe eval CHECKPOINT [options]\n"
     "\n"
+    "(For an image classifier's run: 'moe eval RUN --help' shows its options.)\n"
+    "\n"
     "Validation loss and perplexity of a trained model, overall and per domain. CHECKPOINT is\n"
     "a checkpoint file or a run directory. The text is the model's training corpus (or\n"
     "--data), split exactly as in training; only the validation part is read.\n"
@@ -30,6 +32,7 @@ const char* kUsage =
 }  // namespace
 
 int run_eval(int argc, char** argv) {
+    if (names_vision_run(argc, argv)) return run_vision_eval(argc, argv);
     const Args a = parse_args(argc, argv, {"--data", "--windows", "--batch", "--threads"},
                               {"--json", "--route-by-label"});
     if (a.help) return std::fputs(kUsage, stdout), 0;

@@ -19,6 +19,8 @@ namespace {
 const char* kUsage =
     "usage: moe inspect CHECKPOINT [options]\n"
     "\n"
+    "(For an image classifier's run: 'moe inspect RUN --help' shows its options.)\n"
+    "\n"
     "Routing report of a trained MoE model on its validation text: per-layer expert load,\n"
     "a domain-by-expert usage matrix (each row: where that domain's tokens went, as shares\n"
     "summing to 1) printed and drawn as heatmaps, and the gate's domain accuracy for the\n"
@@ -33,6 +35,7 @@ const char* kUsage =
 }  // namespace
 
 int run_inspect(int argc, char** argv) {
+    if (names_vision_run(argc, argv)) return run_vision_inspect(argc, argv);
     const Args a = parse_args(
         argc, argv, {"--out", "--layer", "--data", "--windows", "--batch", "--threads"}, {});
     if (a.help) return std::fputs(kUsage, stdout), 0;

@@ -17,10 +17,11 @@ void usage(FILE* out) {
         "usage: moe COMMAND [options]\n\n"
         "commands:\n"
         "  demo      train a small language model on the default corpus and show it learning\n"
-        "  train     train a model from a config file\n"
-        "  eval      validation loss and perplexity of a trained model, per domain\n"
+        "  train     train a model (language or vision) from a config file\n"
+        "  eval      a trained model's loss and perplexity per domain, or test accuracy per class\n"
         "  generate  write text with a trained model\n"
-        "  inspect   routing report: expert load, domain-by-expert usage heatmaps\n"
+        "  inspect   routing report: expert load, domain- or class-by-expert usage heatmaps\n"
+        "  classify  top classes of PNG images with a trained image classifier\n"
         "  info      list the tensors and metadata of a safetensors checkpoint\n\n"
         "Run 'moe COMMAND --help' for the options of a command.\n");
 }
@@ -41,6 +42,7 @@ int main(int argc, char** argv) {
         if (cmd == "eval") return moe::cli::run_eval(argc - 1, argv + 1);
         if (cmd == "inspect") return moe::cli::run_inspect(argc - 1, argv + 1);
         if (cmd == "generate") return moe::cli::run_generate(argc - 1, argv + 1);
+        if (cmd == "classify") return moe::cli::run_classify(argc - 1, argv + 1);
     } catch (const moe::cli::UsageError& e) {
         std::fprintf(stderr, "moe %s: %s (see moe %s --help)\n", cmd.c_str(), e.what(),
                      cmd.c_str());

@@ -49,7 +49,15 @@ void check_key_names(const json& j, const std::string& source, const std::string
     }
 }
 
+using IntList = std::vector<int64_t>;
 using IntLists = std::vector<std::vector<int64_t>>;
+
+bool is_int_list(const json& v) {
+    if (!v.is_array()) return false;
+    for (const json& x : v)
+        if (!x.is_number_integer()) return false;
+    return true;
+}
 
 bool is_int_lists(const json& v) {
     if (!v.is_array()) return false;
@@ -65,6 +73,8 @@ template <class T>
 const char* type_name() {
     if constexpr (std::is_same_v<T, IntLists>)
         return "a list of lists of integers";
+    else if constexpr (std::is_same_v<T, IntList>)
+        return "a list of integers";
     else if constexpr (std::is_same_v<T, bool>)
         return "true or false";
     else if constexpr (std::is_integral_v<T>)
@@ -145,6 +155,8 @@ T Config::get(const std::string& key, const T& fallback) {
     bool ok;
     if constexpr (std::is_same_v<T, IntLists>)
         ok = is_int_lists(*v);
+    else if constexpr (std::is_same_v<T, IntList>)
+        ok = is_int_list(*v);
     else if constexpr (std::is_same_v<T, bool>)
         ok = v->is_boolean();
     else if constexpr (std::is_integral_v<T>)
@@ -162,6 +174,7 @@ template bool Config::get<bool>(const std::string&, const bool&);
 template int64_t Config::get<int64_t>(const std::string&, const int64_t&);
 template double Config::get<double>(const std::string&, const double&);
 template std::string Config::get<std::string>(const std::string&, const std::string&);
+template IntList Config::get<IntList>(const std::string&, const IntList&);
 template IntLists Config::get<IntLists>(const std::string&, const IntLists&);
 
 void Config::finish() const {

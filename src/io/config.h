@@ -25,7 +25,8 @@ public:
     void set(const std::string& assignment);
 
     // Value at "dotted.key" or `fallback` when absent. T is bool, int64_t, double,
-    // std::string or std::vector<std::vector<int64_t>> (a JSON list of integer lists).
+    // std::string, std::vector<int64_t> (a JSON list of integers) or
+    // std::vector<std::vector<int64_t>> (a JSON list of integer lists).
     template <class T>
     T get(const std::string& key, const T& fallback);
 
