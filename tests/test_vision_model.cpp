@@ -203,7 +203,7 @@ TEST_P(VisionGradient, MatchesFiniteDifferences) {
 
 INSTANTIATE_TEST_SUITE_P(Stems, VisionGradient,
                          ::testing::Values("model.stem=\"conv\"", "model.stem=\"patch\"",
-                                           "model.tokens=\"pooled\""));
+                                           "model.tokens=\"pooled\"", "model.head=\"flatten\""));
 
 // A tiny model on real Fashion-MNIST for 250 steps (about 2/3 of an epoch at batch 64)
 // reaches far above chance (0.1) on the held-out validation images; then the run directory

@@ -38,6 +38,8 @@ void VisionModelConfig::validate() const {
     }
     MOE_REQUIRE(tokens == "spatial" || tokens == "pooled",
                 "model.tokens must be \"spatial\" or \"pooled\", got \"", tokens, "\"");
+    MOE_REQUIRE(head == "mean" || head == "flatten",
+                "model.head must be \"mean\" or \"flatten\", got \"", head, "\"");
     MOE_REQUIRE(d_model > 0, "model.d_model must be > 0, got ", d_model);
     MOE_REQUIRE(n_layers >= 0, "model.n_layers must be >= 0, got ", n_layers);
     MOE_REQUIRE(d_ff > 0, "model.d_ff must be > 0, got ", d_ff);
@@ -77,6 +79,7 @@ VisionTrainConfig read_vision_train_config(io::Config& cfg) {
     m.convs_per_stage = cfg.get<int64_t>("model.convs_per_stage", m.convs_per_stage);
     m.patch = cfg.get<int64_t>("model.patch", m.patch);
     m.tokens = cfg.get<std::string>("model.tokens", m.tokens);
+    m.head = cfg.get<std::string>("model.head", m.head);
     m.d_model = cfg.get<int64_t>("model.d_model", m.d_model);
     m.n_layers = cfg.get<int64_t>("model.n_layers", m.n_layers);
     m.attention = cfg.get<bool>("model.attention", m.stem == "patch");
@@ -144,6 +147,7 @@ nlohmann::json to_json(const VisionTrainConfig& c) {
               {"convs_per_stage", m.convs_per_stage},
               {"patch", m.patch},
               {"tokens", m.tokens},
+              {"head", m.head},
               {"d_model", m.d_model},
               {"n_layers", m.n_layers},
               {"attention", m.attention},

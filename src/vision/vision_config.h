@@ -22,6 +22,7 @@ namespace moe::vision {
 //                 learned position embedding (a ViT).
 //   tokens "pooled": the stem's tokens are averaged to one token per image before the blocks
 //                 (the MoE then routes whole images, e.g. a conv stem with an MoE head).
+//   head:         LN then linear, on the mean token or on all tokens flattened (model.head).
 //   block l:      x += attn(LN(x)) (with attention), x += ffn(LN(x)); ffn is an MoE layer
 //                 in blocks with l % moe_every == moe_every - 1 when ffn = "moe" (V-MoE puts
 //                 one in every other block: moe_every = 2), else a dense GELU MLP of d_ff.
@@ -34,6 +35,9 @@ struct VisionModelConfig {
     int64_t convs_per_stage = 2;
     int64_t patch = 4;               // patch stem: patch size
     std::string tokens = "spatial";  // "spatial" or "pooled"
+    // The class head: "mean" (of the tokens, normalised) or "flatten" (every normalised
+    // token in place, [T * d_model] per image: keeps where a feature is, as a CNN's head).
+    std::string head = "mean";
 
     int64_t d_model = 128;
     int64_t n_layers = 2;

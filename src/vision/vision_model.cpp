@@ -114,7 +114,9 @@ VisionModel::VisionModel(const VisionModelConfig& cfg, int64_t max_batch,
     }
     final_norm_w_ = params_.add("final_norm.weight", {C});
     final_norm_b_ = params_.add("final_norm.bias", {C});
-    head_w_ = params_.add("head.weight", {K, C});
+    // "flatten": the head sees every token's features in place ([T * C] per image), as the
+    // classic CNN head does; "mean": the mean token.
+    head_w_ = params_.add("head.weight", {K, flatten_head() ? T_ * C : C});
     head_b_ = params_.add("head.bias", {K});
     params_.allocate();
     grads_ = params_.clone_layout();
@@ -152,15 +154,16 @@ VisionModel::VisionModel(const VisionModelConfig& cfg, int64_t max_batch,
         ba_.push_back(ba);
     }
     x_final_ = acts_.add("x_final", {N, C});
+    const int64_t head_rows = flatten_head() ? N : B;  // rows the final norm sees
     pooled_ = acts_.add("pooled", {B, C});
-    fn_out_ = acts_.add("final_norm_out", {B, C});
-    fn_mean_ = acts_.add("final_norm_mean", {B});
-    fn_rstd_ = acts_.add("final_norm_rstd", {B});
+    fn_out_ = acts_.add("final_norm_out", {head_rows, C});
+    fn_mean_ = acts_.add("final_norm_mean", {head_rows});
+    fn_rstd_ = acts_.add("final_norm_rstd", {head_rows});
     probs_id_ = acts_.add("probs", {B, K});  // logits, then probabilities
     labels_id_ = acts_.add("labels", {B}, DType::i32);
     domains_id_ = acts_.add("token_domains", {N}, DType::i32);
     d_logits_ = acts_.add("d_logits", {B, K});
-    d_pooled_ = acts_.add("d_pooled", {2, B, C});
+    d_pooled_ = acts_.add("d_pooled", {2, head_rows, C});
     d_stream_ = acts_.add("d_stream", {N, C});
     d_norm_ = acts_.add("d_norm", {N, C});
     d_stem_ = acts_.add("d_stem", {Ns, std::max(C, cfg.stem_channels())});
@@ -218,7 +221,7 @@ double VisionModel::forward_flops_per_image() const {
             f += T * double(m.n_shared) * 2.0 * C *
                  double(m.d_shared > 0 ? m.d_shared : m.d_expert) * mats;
     }
-    f += 2.0 * C * double(c.n_classes);
+    f += 2.0 * C * double(c.n_classes) * (c.head == "flatten" ? T : 1.0);
     return f;
 }
 
@@ -364,10 +367,16 @@ double VisionModel::forward(const float* images, const int32_t* labels, int64_t 
     }
 
     MOE_PROFILE_SCOPE("head_fwd");
-    mean_tokens(a(pooled_), a(x_final_), B, T, C);
-    kernels::layernorm_forward(a(fn_out_), a(fn_mean_), a(fn_rstd_), a(pooled_), p(final_norm_w_),
-                               p(final_norm_b_), B, C, eps);
-    nn::linear_forward(probs_, a(fn_out_), p(head_w_), p(head_b_), B, C, K);
+    if (flatten_head()) {  // every token normalised, [B, T * C] into the head
+        kernels::layernorm_forward(a(fn_out_), a(fn_mean_), a(fn_rstd_), a(x_final_),
+                                   p(final_norm_w_), p(final_norm_b_), N, C, eps);
+    } else {
+        mean_tokens(a(pooled_), a(x_final_), B, T, C);
+        kernels::layernorm_forward(a(fn_out_), a(fn_mean_), a(fn_rstd_), a(pooled_),
+                                   p(final_norm_w_), p(final_norm_b_), B, C, eps);
+    }
+    const int64_t head_in = flatten_head() ? T * C : C;
+    nn::linear_forward(probs_, a(fn_out_), p(head_w_), p(head_b_), B, head_in, K);
     int32_t* lab = acts_.get(labels_id_).ptr<int32_t>();
     if (labels)
         std::memcpy(lab, labels, size_t(B) * sizeof(int32_t));
@@ -389,17 +398,26 @@ void VisionModel::backward() {
     {
         MOE_PROFILE_SCOPE("head_bwd");
         float* d_logits = a(d_logits_);
+        const int64_t rows = flatten_head() ? N : B, head_in = flatten_head() ? T * C : C;
         float* d_fn = a(d_pooled_);
-        float* d_pooled = a(d_pooled_) + B * C;
+        float* d_pooled = a(d_pooled_) + rows * C;
         std::memset(d_logits, 0, size_t(B * K) * sizeof(float));
         nn::cross_entropy_backward(d_logits, probs_, acts_.get(labels_id_).ptr<int32_t>(), B, K,
                                    float(loss_share_));
-        std::memset(d_fn, 0, size_t(2 * B * C) * sizeof(float));
-        nn::linear_backward(d_fn, g(head_w_), g(head_b_), d_logits, a(fn_out_), p(head_w_), B, C,
-                            K);
-        kernels::layernorm_backward(d_pooled, g(final_norm_w_), g(final_norm_b_), d_fn, a(pooled_),
-                                    p(final_norm_w_), a(fn_mean_), a(fn_rstd_), B, C);
-        mean_tokens_backward(d_stream, d_pooled, B, T, C);
+        std::memset(d_fn, 0, size_t(2 * rows * C) * sizeof(float));
+        nn::linear_backward(d_fn, g(head_w_), g(head_b_), d_logits, a(fn_out_), p(head_w_), B,
+                            head_in, K);
+        if (flatten_head()) {
+            std::memset(d_stream, 0, nc_bytes);
+            kernels::layernorm_backward(d_stream, g(final_norm_w_), g(final_norm_b_), d_fn,
+                                        a(x_final_), p(final_norm_w_), a(fn_mean_), a(fn_rstd_),
+                                        N, C);
+        } else {
+            kernels::layernorm_backward(d_pooled, g(final_norm_w_), g(final_norm_b_), d_fn,
+                                        a(pooled_), p(final_norm_w_), a(fn_mean_), a(fn_rstd_), B,
+                                        C);
+            mean_tokens_backward(d_stream, d_pooled, B, T, C);
+        }
     }
 
     for (size_t l = ba_.size(); l-- > 0;) {

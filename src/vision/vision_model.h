@@ -5,7 +5,8 @@
 //   [tokens = mean over tokens]           model.tokens = "pooled"
 //   for each block:  x = x + attn(LN(x))  (model.attention)
 //                    x = x + ffn(LN(x))   dense GELU MLP or an MoE layer (any router)
-//   logits = head(LN(mean over tokens of x))
+//   logits = head(LN(mean over tokens of x))      model.head = "mean"
+//   logits = head(flatten(LN(x)))                 model.head = "flatten" (every token in place)
 //
 // Activations are NHWC throughout, so the stem's output is already a [B*T, C] token matrix.
 // Parameters, gradients and activations live in arenas sized at construction for max_batch
@@ -97,6 +98,7 @@ class VisionModel {
     float* g(int id) const { return grads_.get(id).ptr<float>(); }
     float* a(int id) const { return acts_.get(id).ptr<float>(); }
     nn::AttentionConfig attn_config() const;
+    bool flatten_head() const { return cfg_.head == "flatten"; }
 
     VisionModelConfig cfg_;
     int64_t max_batch_, T_, Ts_;  // tokens per image in the blocks, and out of the stem

@@ -120,7 +120,7 @@ static void check_config_against_tensors(const io::SafetensorsFile& f, const Vis
     const std::string next = "blocks." + std::to_string(m.n_layers) + ".norm2.weight";
     MOE_REQUIRE(!f.contains(next), path, ": holds '", next, "' but the config in its metadata has ",
                 m.n_layers, " blocks");
-    expect("head.weight", {m.n_classes, C});
+    expect("head.weight", {m.n_classes, m.head == "flatten" ? m.tokens_per_image() * C : C});
 }
 
 bool is_vision_checkpoint(const std::string& path) {
