@@ -34,11 +34,11 @@ std::string describe(const VisionModelConfig& m) {
 train::TrainResult train_vision(const VisionTrainConfig& cfg, train::StartMode mode,
                                 const train::TrainHooks& hooks, comm::Comm* comm) {
     const train::TrainOptions& opt = cfg.train;
+    // The images first: a bad file is an error before anything is written to out_dir.
+    const VisionData data = load_vision_data(cfg);
     train::Trainer trainer(opt, cfg.out_dir, mode, comm);
     const bool root = trainer.root();
     const int64_t ranks = trainer.ranks();
-
-    const VisionData data = load_vision_data(cfg);
     if (root)
         std::printf("data: %s, %ld training / %ld validation images of %ldx%ldx%ld, %zu classes\n",
                     data.source.c_str(), long(data.split.train.size()), long(data.split.val.size()),

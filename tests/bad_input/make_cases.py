@@ -11,6 +11,9 @@ Wipes OUT, then writes into it:
                      FIFOs, a sparse 8 GB data file, copies of the good checkpoint with
                      tampered metadata or a NaN / Inf weight, a header of 200,000 tensors,
                      a data directory holding a file name that is not UTF-8, ...
+  vision/            a tiny image classifier (two classes of 8x8 PNGs) trained the same way,
+                     for the image cases (IDX files that lie, PNGs that are not, a tampered
+                     vision checkpoint, a FIFO where an image is expected)
   manifest.json      the good checkpoint's sha256 and step, for the runner to check
 
 Only the Python standard library is used (safetensors files are read and written by hand:
@@ -27,6 +30,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import zlib
 
 DEEP = 100_000  # nesting levels of the "stack-overflow" JSON inputs (200 KB of brackets)
 SPARSE_BYTES = 8 * 1000**3  # the sparse data file: 8 GB, never written (truncate only)
@@ -148,6 +152,98 @@ def train(moe, config, timeout):
 # --- the cases --------------------------------------------------------------------------
 
 
+# --- vision: PNG and IDX files by hand -----------------------------------------------------
+
+
+def write_png_gray(path, rows):
+    """An 8-bit grayscale PNG of `rows` (lists of 0..255), with the standard library only."""
+    def chunk(kind, body):
+        return (struct.pack(">I", len(body)) + kind + body +
+                struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+    h, w = len(rows), len(rows[0])
+    raw = b"".join(b"\0" + bytes(r) for r in rows)
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)) +
+                chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def write_png_classes(directory, per_class=12, size=8):
+    """Two classes of size x size images: bright left half ("left") or right half ("right")."""
+    rng = random.Random(3)
+    for c, name in enumerate(("left", "right")):
+        os.makedirs(os.path.join(directory, name))
+        for i in range(per_class):
+            rows = [[(200 if (x < size // 2) == (c == 0) else 30) + rng.randrange(20)
+                     for x in range(size)] for _ in range(size)]
+            write_png_gray(os.path.join(directory, name, f"{i}.png"), rows)
+
+
+def write_idx(path, dims, data, magic=b"\0\0\x08"):
+    with open(path, "wb") as f:
+        f.write(magic + bytes([len(dims)]) + b"".join(struct.pack(">I", d) for d in dims) + data)
+
+
+def vision_config(data, out_dir, dataset="png_folder", size=8, classes=2, steps=4):
+    return {"task": "vision",
+            "model": {"height": size, "width": size, "channels": 1, "n_classes": classes,
+                      "conv_channels": [2], "convs_per_stage": 1, "d_model": 8, "n_layers": 1,
+                      "ffn": "moe"},
+            "moe": {"router": "softmax_topk", "n_experts": 2, "top_k": 1, "d_expert": 8},
+            "train": {"steps": steps, "batch_size": 4, "warmup_steps": 1, "log_every": 100,
+                      "eval_every": 0, "threads": 2, "tensorboard": False},
+            "data": {"dataset": dataset, "path": data, "val_count": 4, "domains": "none"},
+            "out_dir": out_dir}
+
+
+def make_vision_cases(out, cases, moe, timeout):
+    """A good vision run (trained here) and hostile image files, checkpoints and folders."""
+    C = lambda *p: os.path.join(cases, *p)  # noqa: E731
+    vdir = os.path.join(out, "vision")
+    write_png_classes(os.path.join(vdir, "pngs"))
+    run = os.path.join(vdir, "run")
+    config = os.path.join(vdir, "config.json")
+    write_json(config, vision_config(os.path.join(vdir, "pngs"), run))
+    train(moe, config, timeout)
+    header, data = read_safetensors(os.path.join(run, "checkpoint.safetensors"))
+    assert header["__metadata__"]["format"] == "moe.cpp/vision", header["__metadata__"]
+    # A tampered checkpoint: its config claims d_model 4096 over the tiny tensors.
+    write_safetensors(C("vision_d_model_4096.safetensors"),
+                      with_config(header, "model", "d_model", 4096), data)
+    # Images: not a PNG, a truncated PNG, a FIFO.
+    with open(C("not_png.png"), "w") as f:
+        f.write("this is text\n")
+    good_png = os.path.join(vdir, "pngs", "left", "0.png")
+    with open(good_png, "rb") as f:
+        blob = f.read()
+    with open(C("truncated.png"), "wb") as f:
+        f.write(blob[: len(blob) // 2])
+    os.mkfifo(C("fifo.png"))
+    # A PNG folder with one corrupt image among good ones.
+    shutil.copytree(os.path.join(vdir, "pngs"), C("pngs_corrupt"))
+    shutil.copy(C("truncated.png"), C("pngs_corrupt", "right", "5.png"))
+    # IDX folders (4x4 images, 10 classes): truncated data, bad magic, a label out of range,
+    # a gzip stream that is not one, image and label counts that disagree.
+    labels = bytes(range(10))
+    images = bytes(10 * 16)
+    for name, img, lab, img_magic in (("idx_truncated", images[:40], labels, b"\0\0\x08"),
+                                      ("idx_magic", images, labels, b"\x01\x02\x08"),
+                                      ("idx_label_range", images, labels[:9] + b"\x0c", b"\0\0\x08"),
+                                      ("idx_count_mismatch", images[:9 * 16], labels, b"\0\0\x08")):
+        os.makedirs(C(name))
+        n = len(img) // 16 if name == "idx_count_mismatch" else 10
+        write_idx(C(name, "train-images-idx3-ubyte"), [n, 4, 4], img, img_magic)
+        write_idx(C(name, "train-labels-idx1-ubyte"), [10], lab)
+    os.makedirs(C("idx_gzip_corrupt"))
+    with open(C("idx_gzip_corrupt", "train-images-idx3-ubyte.gz"), "wb") as f:
+        f.write(b"\x1f\x8b\x08\x00" + bytes(range(200)))
+    write_idx(C("idx_gzip_corrupt", "train-labels-idx1-ubyte"), [10], labels)
+    write_json(C("vision_idx_config.json"),
+               vision_config(C("idx_truncated"), C("never_run"), dataset="fashion_mnist",
+                             size=4, classes=10))
+    return {"vision_run": run, "vision_config": config, "vision_png": good_png,
+            "vision_sha256": sha256(os.path.join(run, "checkpoint.safetensors"))}
+
+
 def make_cases(out, moe, timeout):
     cases = os.path.join(out, "cases")
     os.makedirs(cases)
@@ -262,10 +358,12 @@ def make_cases(out, moe, timeout):
     with open(C("header_len_huge.safetensors"), "wb") as f:
         f.write(struct.pack("<Q", 2**64 - 1) + b"{}")
 
+    vision = make_vision_cases(out, cases, moe, timeout)
+
     sums = {name: sha256(os.path.join(run, name)) for name in ("checkpoint.safetensors", "metrics.jsonl")}
     with open(os.path.join(out, "manifest.json"), "w") as f:
         json.dump({"good_run": run, "good_config": good_config, "corpus": corpus,
-                   "step": int(meta["step"]), "seq_len": 16, "sha256": sums}, f, indent=1)
+                   "step": int(meta["step"]), "seq_len": 16, "sha256": sums, **vision}, f, indent=1)
 
 
 def main():

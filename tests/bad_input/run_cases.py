@@ -45,6 +45,7 @@ CLASSES = [
     "9_val_fraction",
     "10_many_tensors",
     "11_stale_tmp_and_internals",
+    "12_vision",
 ]
 
 MiB = 1024 * 1024
@@ -734,6 +735,44 @@ class Suite:
             self.error(name, args, contains, rc=rc)
         self.success("eval_windows_int64_max", ["eval", g, "--windows", "9223372036854775807"],
                      out=["all"])
+
+    # (12) Image classifiers: IDX files that lie about their size or are not IDX, a label
+    # out of range, a gzip stream that is not one; a PNG folder with a corrupt image; images
+    # that are not PNGs, or a FIFO, given to `moe classify`; a language model given to it;
+    # a vision checkpoint whose config does not match its tensors.
+    def class_vision(self):
+        m = self.manifest
+        idx_cfg = self.C("vision_idx_config.json")
+        for name, file, shown in (
+                ("idx_truncated", "train-images-idx3-ubyte", "truncated IDX file"),
+                ("idx_magic", "train-images-idx3-ubyte", "not an IDX file"),
+                ("idx_label_range", "train-labels-idx1-ubyte", "label 9 is 12"),
+                ("idx_count_mismatch", "train-images-idx3-ubyte", "holds 9"),
+                ("idx_gzip_corrupt", "train-images-idx3-ubyte.gz", "train-images-idx3-ubyte.gz")):
+            self.error(f"train_{name}", ["train", idx_cfg, "--set", f"data.path={self.C(name)}"],
+                       [os.path.join(self.C(name), file), shown])
+        self.check("idx_cases_never_ran", not os.path.exists(self.C("never_run")),
+                   "a failed vision run left its out_dir behind")
+        self.error("train_png_folder_with_corrupt_image",
+                   ["train", m["vision_config"], "--set", f"data.path={self.C('pngs_corrupt')}",
+                    "--set", self.out_dir("never")],
+                   [os.path.join(self.C("pngs_corrupt"), "right", "5.png"), "PNG"])
+        run = m["vision_run"]
+        for name in ("not_png.png", "truncated.png", "fifo.png"):
+            self.error(f"classify_{name}", ["classify", run, self.C(name)], [self.C(name)])
+        self.error("classify_missing_image", ["classify", run, self.W("nowhere.png")],
+                   [self.W("nowhere.png")])
+        self.error("classify_language_model", ["classify", self.good, m["vision_png"]],
+                   [os.path.join(self.good, "checkpoint.safetensors"), "is not a vision checkpoint"])
+        f = self.C("vision_d_model_4096.safetensors")
+        self.error("eval_vision_d_model_4096", ["eval", f, "--split", "val"], [f, "the config in its metadata makes it"])
+        self.error("classify_vision_d_model_4096", ["classify", f, m["vision_png"]], [f])
+        self.success("classify_good_image", ["classify", run, m["vision_png"]], out=["left"])
+        self.error("classify_bad_top", ["classify", run, m["vision_png"], "--top", "0"],
+                   ["--top"], rc=2)
+        ckpt = os.path.join(run, "checkpoint.safetensors")
+        self.check("vision_run_unchanged", sha256(ckpt) == m["vision_sha256"],
+                   f"{ckpt} changed (sha256 differs)")
 
 
 def _quote(a):
