@@ -26,6 +26,8 @@
 #include "kernels/gemm.h"
 #include "moe/moe_layer.h"
 
+#include "bench_support.h"
+
 namespace {
 
 using moe::sparse::ExpertBank;
@@ -38,12 +40,7 @@ struct Shape {
 
 const Shape kShapes[] = {{4096, 512, 1024, 8, 2}, {4096, 512, 256, 64, 8}};
 
-std::vector<float> random_vec(size_t n, uint64_t seed, float scale) {
-    moe::Rng rng(seed);
-    std::vector<float> v(n);
-    for (auto& x : v) x = scale * rng.normal();
-    return v;
-}
+using moe::bench::random_vec;
 
 // The dense GEMMs of the same FLOPs and operand sizes (see the header comment).
 struct DenseGemms {

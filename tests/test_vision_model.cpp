@@ -136,7 +136,8 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values("model.stem=\"conv\"",
                       "model={\"height\": 12, \"width\": 12, \"n_classes\": 3, "
                       "\"stem\": \"patch\", \"patch\": 4, \"d_model\": 16, "
-                      "\"n_layers\": 2, \"n_heads\": 2, \"moe_every\": 2}"));
+                      "\"n_layers\": 2, \"n_heads\": 2, \"moe_every\": 2}"),
+    [](const auto& info) { return std::string(info.index == 0 ? "conv" : "vit"); });
 
 // The loss of the whole model against central differences of float evaluations, on a
 // dense-gated MoE (every expert every token: no top-k choice to flip under a nudge) after a
@@ -201,9 +202,15 @@ TEST_P(VisionGradient, MatchesFiniteDifferences) {
     EXPECT_GT(checked, 60);
 }
 
+std::string gradient_case_name(const ::testing::TestParamInfo<const char*>& info) {
+    static const char* const names[] = {"conv", "patch", "pooled", "flatten"};
+    return names[info.index];
+}
+
 INSTANTIATE_TEST_SUITE_P(Stems, VisionGradient,
                          ::testing::Values("model.stem=\"conv\"", "model.stem=\"patch\"",
-                                           "model.tokens=\"pooled\"", "model.head=\"flatten\""));
+                                           "model.tokens=\"pooled\"", "model.head=\"flatten\""),
+                         gradient_case_name);
 
 // A tiny model on real Fashion-MNIST for 250 steps (about 2/3 of an epoch at batch 64)
 // reaches far above chance (0.1) on the held-out validation images; then the run directory
