@@ -141,12 +141,13 @@ INSTANTIATE_TEST_SUITE_P(
 
 // The loss of the whole model against central differences of float evaluations, on a
 // dense-gated MoE (every expert every token: no top-k choice to flip under a nudge) after a
-// conv stem, a ViT stem, and a conv stem pooled to one token. h = 1e-3: at 1e-2 a nudge
-// moves enough 2x2 max-pooling windows to another maximum (a kink) to put a third of the
-// stem's entries 30-50% off; at 1e-3 float rounding of a loss near 1 (~1e-7 x ~1e3 terms)
-// stays near 1e-4 / 2h = 5e-2 of the smallest gradients checked, so the check takes the 12
-// largest gradient entries of each tensor and demands 5% agreement: a wrong sign, a missing
-// term or a transposed weight is far outside it.
+// conv stem, a ViT stem, a conv stem pooled to one token, and a flattened head. h = 1e-3:
+// at 1e-2 a nudge moves enough 2x2 max-pooling windows to another maximum (a kink) to put a
+// third of the stem's entries 30-50% off. At 1e-3 the float rounding of a loss near 1 (a few
+// 1e-7 over ~1e3 terms) leaves the differences good to about 5e-4 (an -O1 sanitizer build
+// rounds differently from Release and lands there), so the check takes the 12 largest
+// gradient entries of each tensor above 5e-3 and demands 5% + 5e-4: a wrong sign, a missing
+// term, a wrong scale or a transposed weight is far outside it.
 class VisionGradient : public ::testing::TestWithParam<const char*> {};
 
 TEST_P(VisionGradient, MatchesFiniteDifferences) {
@@ -186,7 +187,7 @@ TEST_P(VisionGradient, MatchesFiniteDifferences) {
                   [&](int64_t a, int64_t b) { return std::fabs(g[a]) > std::fabs(g[b]); });
         for (int64_t j = 0; j < std::min<int64_t>(12, n); ++j) {
             const int64_t i = order[size_t(j)];
-            if (std::fabs(g[i]) < 1e-3) continue;
+            if (std::fabs(g[i]) < 5e-3) continue;
             const float keep = p[i];
             p[i] = keep + h;
             const double up = model.forward(x.data(), y.data(), B);
@@ -194,12 +195,12 @@ TEST_P(VisionGradient, MatchesFiniteDifferences) {
             const double down = model.forward(x.data(), y.data(), B);
             p[i] = keep;
             const double numeric = (up - down) / (2.0 * h);
-            EXPECT_NEAR(g[i], numeric, 0.05 * std::fabs(numeric) + 2e-4)
+            EXPECT_NEAR(g[i], numeric, 0.05 * std::fabs(numeric) + 5e-4)
                 << e.name << "[" << i << "]";
             ++checked;
         }
     }
-    EXPECT_GT(checked, 60);
+    EXPECT_GT(checked, 40);
 }
 
 std::string gradient_case_name(const ::testing::TestParamInfo<const char*>& info) {
