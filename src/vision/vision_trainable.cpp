@@ -59,9 +59,14 @@ void VisionTrainable::report_step(train::StepReport& report) const {
     int moe_layers = 0;
     double imbalance = 0, acc = 0;
     int acc_layers = 0;
+    // FNV-1a of every MoE layer's tokens per expert, as the language model logs it: two runs
+    // that route a batch differently almost always differ here (scripts/distributed_check.py).
+    uint64_t counts_hash = 1469598103934665603ull;
     for (int64_t l = 0; l < model_.config().n_layers; ++l) {
         const auto* m = model_.moe_layer(l);
         if (!m) continue;
+        for (int64_t c : m->stats().tokens_per_expert)
+            counts_hash = (counts_hash ^ uint64_t(c)) * 1099511628211ull;
         ++moe_layers;
         imbalance += m->stats().load_imbalance;
         if (m->stats().losses.assign_accuracy >= 0)
@@ -73,6 +78,9 @@ void VisionTrainable::report_step(train::StepReport& report) const {
         return;
     }
     imbalance /= moe_layers;
+    char hash[24];
+    std::snprintf(hash, sizeof hash, "%016llx", (unsigned long long)counts_hash);
+    report.strings = {{"routing_hash", hash}};
     report.scalars.push_back({"router_loss", model_.router_loss()});
     report.scalars.push_back({"load_imbalance", imbalance});
     std::snprintf(buf, sizeof buf, " | epoch %.2f | router %.3f | load max/mean %.2f", epochs,

@@ -36,6 +36,19 @@ if(MPIEXEC_EXECUTABLE)
                        mpi.train_lm_plain_sums_until_routing_differs.np2
                        mpi.train_lm_dense_plain_sums.np2
                        PROPERTIES TIMEOUT 900 RUN_SERIAL TRUE)
+  # An image classifier (the vision recipe, narrowed to run in seconds) on 2 ranks: each rank
+  # takes half the images of a batch and half the experts. Plain sums (vision models refuse
+  # reduction_groups), so losses agree to rounding, not bits: 1e-3 relative over 10 steps.
+  add_test(NAME mpi.train_vision_matches_single_process.np2
+           COMMAND python3 ${_check} ${_run} --ranks 2 --steps 10 --resume-steps 3 --tol 1e-3
+                   --min-same-steps 10 --eval-tol-parted 1e-3
+                   --config ${PROJECT_SOURCE_DIR}/recipes/vision/conv_moe.json
+                   --set "model.conv_channels=[8, 16]" --set model.d_model=32
+                   --set moe.d_expert=32 --set train.batch_size=32 --set data.val_count=500
+                   --set train.warmup_steps=2
+                   --out ${CMAKE_BINARY_DIR}/distributed_vision_np2)
+  set_tests_properties(mpi.train_vision_matches_single_process.np2
+                       PROPERTIES TIMEOUT 900 RUN_SERIAL TRUE)
   # moe.n_experts not divisible by the ranks: an error naming both before any step runs.
   add_test(NAME mpi.train_lm_experts_not_divisible.np2
            COMMAND ${MPIEXEC_EXECUTABLE} --allow-run-as-root --oversubscribe -np 2
