@@ -537,8 +537,5 @@ TEST_F(VisionData, PngFolderWithTwoClasses) {
                                         {"broken.png", "not a PNG file"}));
 }
 
-// ---------------------------------------------------------------------------------------
-// Split, normalisation, augmentation, batches.
-
 }  // namespace
 }  // namespace moe::vision
