@@ -21,8 +21,17 @@ namespace moe::sparse {
 template <class R>
 MultiGateMixture<R>::MultiGateMixture(const std::string& op, ExpertKind kind, int64_t E, int64_t d,
                                       int64_t H, std::vector<std::vector<int64_t>> cols,
-                                      int64_t top_k, int64_t max_tokens)
-    : op_(op), E_(E), d_(d), top_k_(top_k), max_tokens_(max_tokens), cols_(std::move(cols)) {
+                                      int64_t top_k, int64_t max_tokens,
+                                      std::vector<int64_t> expert_input,
+                                      std::vector<int64_t> gate_input)
+    : op_(op),
+      E_(E),
+      d_(d),
+      top_k_(top_k),
+      max_tokens_(max_tokens),
+      cols_(std::move(cols)),
+      expert_input_(std::move(expert_input)),
+      gate_input_(std::move(gate_input)) {
     MOE_REQUIRE(E >= 1 && d >= 1 && H >= 1, op, ": bad sizes n_experts=", E, " d_model=", d,
                 " d_expert=", H);
     MOE_REQUIRE(max_tokens >= 1, op, ": max_tokens=", max_tokens, " must be >= 1");
@@ -45,6 +54,25 @@ MultiGateMixture<R>::MultiGateMixture(const std::string& op, ExpertKind kind, in
         sum_cols_ += n;
         max_cols_ = std::max(max_cols_, n);
     }
+    // Inputs: none named means one input for every expert and gate.
+    MOE_REQUIRE(expert_input_.empty() == gate_input_.empty(), op,
+                ": expert_input and gate_input must be given together (got ", expert_input_.size(),
+                " and ", gate_input_.size(), " entries)");
+    if (expert_input_.empty()) {
+        expert_input_.assign(size_t(E), 0);
+        gate_input_.assign(cols_.size(), 0);
+    }
+    MOE_REQUIRE(int64_t(expert_input_.size()) == E && gate_input_.size() == cols_.size(), op,
+                ": expert_input has ", expert_input_.size(), " entries for ", E,
+                " experts and gate_input ", gate_input_.size(), " for ", cols_.size(), " gates");
+    n_inputs_ = 1;
+    for (int64_t i : expert_input_) n_inputs_ = std::max(n_inputs_, i + 1);
+    for (int64_t i : gate_input_) n_inputs_ = std::max(n_inputs_, i + 1);
+    for (size_t e = 0; e < expert_input_.size(); ++e)
+        MOE_REQUIRE(expert_input_[e] >= 0, op, ": expert ", e, " reads input ", expert_input_[e]);
+    for (size_t g = 0; g < gate_input_.size(); ++g)
+        MOE_REQUIRE(gate_input_[g] >= 0, op, ": gate ", g, " reads input ", gate_input_[g]);
+    x_.assign(size_t(n_inputs_), nullptr);
     experts_ = std::make_unique<ExpertBank<R>>(kind, E, d, H);
 }
 
@@ -141,7 +169,8 @@ void MultiGateMixture<R>::route(int64_t T) {
     for (int64_t g = 0; g < G; ++g) {
         const int64_t n = gate_width(g);
         R* lg = logits_ + gate_off_[size_t(g)];
-        kernels::gemm(false, true, T, n, d_, R(1), x_, d_, w_[size_t(g)], d_, R(0), lg, n);
+        const R* x = x_[size_t(gate_input_[size_t(g)])];
+        kernels::gemm(false, true, T, n, d_, R(1), x, d_, w_[size_t(g)], d_, R(0), lg, n);
     }
     // Per token: each gate's kept columns (marked 1 in probs, then overwritten by the
     // softmax over them), and the union of their experts.
@@ -203,15 +232,43 @@ void MultiGateMixture<R>::route(int64_t T) {
 template <class R>
 void MultiGateMixture<R>::forward(R* const* outs, const R* x, int64_t T) {
     // outs[g]: [T, d] written; x: [T, d]
+    MOE_REQUIRE(n_inputs_ == 1, op_, "::forward: one input given, but the experts and gates read ",
+                n_inputs_);
+    forward(outs, &x, T);
+}
+
+template <class R>
+void MultiGateMixture<R>::backward(const R* const* d_outs, R* d_x) {
+    // d_outs[g]: [T, d]; d_x: [T, d] accumulated
+    MOE_REQUIRE(n_inputs_ == 1, op_, "::backward: one input gradient given, but the experts and ",
+                "gates read ", n_inputs_, " inputs");
+    backward(d_outs, &d_x);
+}
+
+template <class R>
+void MultiGateMixture<R>::forward(R* const* outs, const R* const* xs, int64_t T) {
+    // outs[g]: [T, d] written; xs[i]: [T, d]
     MOE_CHECK(!w_.empty(), op_, "::forward before bind");
     MOE_REQUIRE(T >= 1 && T <= max_tokens_, op_, "::forward: x is [T=", T, ", d=", d_,
                 "] but T must be in [1, max_tokens=", max_tokens_, "]");
     for (int64_t g = 0; g < n_gates(); ++g)
         MOE_REQUIRE(outs[g] != nullptr, op_, "::forward: output ", g, " is null");
-    x_ = x;
+    for (int64_t i = 0; i < n_inputs_; ++i) {
+        MOE_REQUIRE(xs[i] != nullptr, op_, "::forward: input ", i, " of ", n_inputs_, " is null");
+        x_[size_t(i)] = xs[i];
+    }
     T_ = T;
     route(T);
-    dispatch_forward(xs_, x, plan_, d_);
+    if (n_inputs_ == 1) {
+        dispatch_forward(xs_, xs[0], plan_, d_);
+    } else {  // each row from its expert's input
+        const int64_t rows = plan_.rows(), d = d_, E = E_;
+        parallel_for(rows, rows * d >= 16384, [&](int64_t r) {
+            const int64_t t = plan_.row_token[r], e = plan_.row_choice[r] % E;
+            const R* src = x_[size_t(expert_input_[size_t(e)])] + t * d;
+            std::copy(src, src + d, xs_ + r * d);
+        });
+    }
     experts_->forward(ys_, xs_, plan_.offsets);
     for (int64_t g = 0; g < n_gates(); ++g) {
         plan_.row_weight = row_weights_ + g * max_tokens_ * E_;
@@ -221,9 +278,12 @@ void MultiGateMixture<R>::forward(R* const* outs, const R* x, int64_t T) {
 }
 
 template <class R>
-void MultiGateMixture<R>::backward(const R* const* d_outs, R* d_x) {
-    // d_outs[g]: [T, d]; d_x: [T, d] accumulated
-    MOE_CHECK(x_ != nullptr, op_, "::backward without a forward");
+void MultiGateMixture<R>::backward(const R* const* d_outs, R* const* d_xin) {
+    // d_outs[g]: [T, d]; d_xin[i]: [T, d] accumulated
+    MOE_CHECK(x_[0] != nullptr, op_, "::backward without a forward");
+    for (int64_t i = 0; i < n_inputs_; ++i)
+        MOE_REQUIRE(d_xin[i] != nullptr, op_, "::backward: input gradient ", i, " of ", n_inputs_,
+                    " is null");
     const int64_t T = T_, E = E_, d = d_, rows = plan_.rows();
     // Checked before any gradient is touched, so a refused call leaves them as they were.
     for (int64_t g = 0; g < n_gates(); ++g)
@@ -249,16 +309,32 @@ void MultiGateMixture<R>::backward(const R* const* d_outs, R* d_x) {
         std::fill(d_logits_, d_logits_ + T * n, R(0));
         kernels::softmax_backward(d_logits_, d_probs_, probs_ + gate_off_[size_t(g)], T, n);
         // logits = x W^T + b.
-        kernels::gemm(true, false, n, d, T, R(1), d_logits_, n, x_, d, R(1), d_w_[size_t(g)], d);
+        const int64_t in = gate_input_[size_t(g)];
+        kernels::gemm(true, false, n, d, T, R(1), d_logits_, n, x_[size_t(in)], d, R(1),
+                      d_w_[size_t(g)], d);
         R* db = d_b_[size_t(g)];
         for (int64_t t = 0; t < T; ++t)
             for (int64_t j = 0; j < n; ++j) db[j] += d_logits_[t * n + j];
-        kernels::gemm(false, false, T, d, n, R(1), d_logits_, n, w_[size_t(g)], d, R(1), d_x, d);
+        kernels::gemm(false, false, T, d, n, R(1), d_logits_, n, w_[size_t(g)], d, R(1), d_xin[in],
+                      d);
     }
     plan_.row_weight = row_weights_;
     std::fill(d_xs_, d_xs_ + rows * d, R(0));
     experts_->backward(d_xs_, d_ys_, xs_, plan_.offsets);
-    dispatch_backward(d_x, d_xs_, plan_, d);
+    if (n_inputs_ == 1) {
+        dispatch_backward(d_xin[0], d_xs_, plan_, d);
+        return;
+    }
+    // Each row's gradient to its expert's input; token by token (a token's rows in
+    // ascending order, as dispatch_backward), so no two threads write one row.
+    parallel_for(T, rows * d >= 16384, [&](int64_t t) {
+        for (int64_t i = plan_.token_offsets[t]; i < plan_.token_offsets[t + 1]; ++i) {
+            const int64_t r = plan_.token_rows[i], e = plan_.row_choice[r] % E;
+            R* dst = d_xin[expert_input_[size_t(e)]] + t * d;
+            const R* src = d_xs_ + r * d;
+            for (int64_t j = 0; j < d; ++j) dst[j] += src[j];
+        }
+    });
 }
 
 template class MultiGateMixture<float>;

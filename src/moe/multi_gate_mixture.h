@@ -19,6 +19,12 @@
 // and in backward the gates' d_ys add up before the one bank backward. No capacity: a
 // multi-task model wants every task's output for every token.
 //
+// Several inputs (multi-level PLE, where task k's experts and gate read task k's output of
+// the level below and the shared ones the shared output): expert_input[e] and
+// gate_input[g] name which of n_inputs inputs expert e and gate g read. The plan is the
+// same; a row's source in dispatch is simply the input of its expert, so every expert
+// still runs in the one grouped GEMM. Without them there is one input, x.
+//
 // Memory: rows are at most T * E; everything is sized at declare for max_tokens.
 // Lifecycle as SoftMoe: construct; declare(params, acts, ...); <arenas allocated>;
 // bind(params, grads, acts); init_weights; then forward/backward pairs, x unchanged in
@@ -43,9 +49,12 @@ class MultiGateMixture {
   public:
     // cols[g]: the bank experts gate g mixes (distinct, each in [0, E)). top_k: 0 keeps
     // every column, otherwise each token keeps min(top_k, n_g) of them. `op` names the
-    // owning layer in error messages.
+    // owning layer in error messages. expert_input: [E] and gate_input: [G] the input each
+    // expert and gate reads (both empty: one input for all; else each >= 0, and n_inputs()
+    // is one more than the largest).
     MultiGateMixture(const std::string& op, ExpertKind kind, int64_t E, int64_t d, int64_t H,
-                     std::vector<std::vector<int64_t>> cols, int64_t top_k, int64_t max_tokens);
+                     std::vector<std::vector<int64_t>> cols, int64_t top_k, int64_t max_tokens,
+                     std::vector<int64_t> expert_input = {}, std::vector<int64_t> gate_input = {});
 
     // Declares gate g's gate_prefixes[g] + "w" [n_g, d] and + "b" [n_g], the experts
     // (expert_prefix + "w1", ...), and the buffers under buf_prefix (into acts).
@@ -55,11 +64,17 @@ class MultiGateMixture {
     // Gate weights ~ N(0, std), biases 0; experts as ExpertBank::init_weights.
     void init_weights(Rng& rng, double std, double out_std);
 
-    // outs[g]: [T, d] written for every gate; x: [T, d], 1 <= T <= max_tokens.
+    // outs[g]: [T, d] written for every gate; x: [T, d], 1 <= T <= max_tokens. One input.
     void forward(R* const* outs, const R* x, int64_t T);
-    // d_outs[g]: [T, d]; d_x: [T, d] and every parameter gradient accumulated.
+    // d_outs[g]: [T, d]; d_x: [T, d] and every parameter gradient accumulated. One input.
     void backward(const R* const* d_outs, R* d_x);
+    // xs[i]: [T, d] input i < n_inputs(); outs as above.
+    void forward(R* const* outs, const R* const* xs, int64_t T);
+    // d_xs[i]: [T, d] accumulated for every input (may alias each other only if the inputs
+    // do); d_outs as above.
+    void backward(const R* const* d_outs, R* const* d_xs);
 
+    int64_t n_inputs() const { return n_inputs_; }
     int64_t n_gates() const { return int64_t(cols_.size()); }
     int64_t gate_width(int64_t g) const { return int64_t(cols_[size_t(g)].size()); }
     // [T, n_g] of the last forward: gate g's mixing weights (0 where not kept).
@@ -79,6 +94,9 @@ class MultiGateMixture {
     std::vector<std::vector<int64_t>> cols_;    // [G][n_g] expert of each gate column
     std::vector<std::vector<int32_t>> col_of_;  // [G][E] gate column of each expert, or -1
     std::vector<int64_t> gate_off_;             // [G] offset of gate g in the [T, n] buffers
+    std::vector<int64_t> expert_input_;         // [E] input expert e reads
+    std::vector<int64_t> gate_input_;           // [G] input gate g reads
+    int64_t n_inputs_ = 1;
     int64_t sum_cols_ = 0, max_cols_ = 0;
     std::unique_ptr<ExpertBank<R>> experts_;
     std::string buf_prefix_;
@@ -101,7 +119,7 @@ class MultiGateMixture {
     R* d_row_weight_ = nullptr;        // [max_T * E]
     R* d_probs_ = nullptr;             // [max_T, max n_g]
     R* d_logits_ = nullptr;            // [max_T, max n_g]
-    const R* x_ = nullptr;             // the last forward's x [T, d]
+    std::vector<const R*> x_;          // [n_inputs] the last forward's inputs, each [T, d]
     int64_t T_ = 0;
 };
 

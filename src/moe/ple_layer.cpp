@@ -33,13 +33,30 @@ std::vector<std::vector<int64_t>> gate_columns(const PleShape& s) {
     }
     return cols;
 }
+
+// Which input each bank expert and each gate reads (per_task_inputs), else none named.
+std::vector<int64_t> expert_inputs(const PleShape& s) {
+    if (!s.per_task_inputs) return {};
+    std::vector<int64_t> in(size_t(s.n_shared), s.n_tasks);
+    for (int64_t k = 0; k < s.n_tasks; ++k)
+        for (int64_t j = 0; j < s.n_per_task; ++j) in.push_back(k);
+    return in;
+}
+std::vector<int64_t> gate_inputs(const PleShape& s) {
+    if (!s.per_task_inputs) return {};
+    std::vector<int64_t> in;
+    for (int64_t k = 0; k < s.n_tasks; ++k) in.push_back(k);
+    if (s.shared_output) in.push_back(s.n_tasks);
+    return in;
+}
 }  // namespace
 
 template <class R>
 PleLayer<R>::PleLayer(const MoeConfig& cfg, const PleShape& shape, int64_t max_tokens)
     : shape_(checked(shape)),
       mix_("PleLayer", cfg.expert, shape.n_shared + shape.n_tasks * shape.n_per_task, cfg.d_model,
-           cfg.d_expert, gate_columns(shape), 0, max_tokens),
+           cfg.d_expert, gate_columns(shape), shape.top_k, max_tokens, expert_inputs(shape),
+           gate_inputs(shape)),
       outs_(size_t(shape.n_tasks + (shape.shared_output ? 1 : 0))),
       d_outs_(outs_.size()) {}
 
@@ -60,7 +77,23 @@ void PleLayer<R>::forward(R* const* task_outs, R* shared_out, const R* x, int64_
                                      : "a shared output was given but shared_output is off");
     for (int64_t k = 0; k < shape_.n_tasks; ++k) outs_[size_t(k)] = task_outs[k];
     if (shape_.shared_output) outs_.back() = shared_out;
+    MOE_REQUIRE(!shape_.per_task_inputs, "PleLayer::forward: one input given, but the level ",
+                "reads n_tasks + 1 = ", shape_.n_tasks + 1, " (per_task_inputs)");
     mix_.forward(outs_.data(), x, T);
+}
+
+template <class R>
+void PleLayer<R>::forward(R* const* task_outs, R* shared_out, const R* const* xs, int64_t T) {
+    // task_outs[k]: [T, d] written; shared_out: [T, d] written or null; xs[i]: [T, d]
+    if (!shape_.per_task_inputs) return forward(task_outs, shared_out, xs[0], T);
+    MOE_REQUIRE((shared_out != nullptr) == shape_.shared_output, "PleLayer::forward: ",
+                shape_.shared_output ? "shared_output is set but no shared output was given"
+                                     : "a shared output was given but shared_output is off");
+    for (int64_t k = 0; k < shape_.n_tasks; ++k) outs_[size_t(k)] = task_outs[k];
+    if (shape_.shared_output) outs_.back() = shared_out;
+    // A level without shared experts and shared gate never reads the shared input: the
+    // mixture then sees only the K task inputs.
+    mix_.forward(outs_.data(), xs, T);
 }
 
 template <class R>
@@ -71,7 +104,21 @@ void PleLayer<R>::backward(const R* const* d_task_outs, const R* d_shared_out, R
                                      : "a shared gradient was given but shared_output is off");
     for (int64_t k = 0; k < shape_.n_tasks; ++k) d_outs_[size_t(k)] = d_task_outs[k];
     if (shape_.shared_output) d_outs_.back() = d_shared_out;
+    MOE_REQUIRE(!shape_.per_task_inputs, "PleLayer::backward: one input gradient given, but ",
+                "the level reads n_tasks + 1 = ", shape_.n_tasks + 1, " (per_task_inputs)");
     mix_.backward(d_outs_.data(), d_x);
+}
+
+template <class R>
+void PleLayer<R>::backward(const R* const* d_task_outs, const R* d_shared_out, R* const* d_xs) {
+    // d_task_outs[k]: [T, d]; d_shared_out: [T, d] or null; d_xs[i]: [T, d] accumulated
+    if (!shape_.per_task_inputs) return backward(d_task_outs, d_shared_out, d_xs[0]);
+    MOE_REQUIRE((d_shared_out != nullptr) == shape_.shared_output, "PleLayer::backward: ",
+                shape_.shared_output ? "shared_output is set but no shared gradient was given"
+                                     : "a shared gradient was given but shared_output is off");
+    for (int64_t k = 0; k < shape_.n_tasks; ++k) d_outs_[size_t(k)] = d_task_outs[k];
+    if (shape_.shared_output) d_outs_.back() = d_shared_out;
+    mix_.backward(d_outs_.data(), d_xs);
 }
 
 template class PleLayer<float>;

@@ -13,6 +13,10 @@
 // columns in bank order (shared, then task 0's, task 1's, ...), gives the shared output
 // the next level's shared experts read. The last level has no shared gate.
 //
+// A level above the first (per_task_inputs) reads K + 1 inputs, the outputs of the level
+// below: task k's experts and gate read input k (task k's output there), the shared experts
+// and the shared gate input K (the shared output there).
+//
 // Parameters, by module path under the prefix:
 //   experts.w1 / w3 / w2    [Es + K*Et, ...]  one stacked bank: shared experts [0, Es),
 //                                             task k's [Es + k*Et, Es + (k+1)*Et)
@@ -39,9 +43,11 @@ namespace moe::sparse {
 
 struct PleShape {
     int64_t n_tasks = 2;
-    int64_t n_shared = 1;        // Es
-    int64_t n_per_task = 1;      // Et
-    bool shared_output = false;  // a shared gate and output for the next level
+    int64_t n_shared = 1;          // Es
+    int64_t n_per_task = 1;        // Et
+    bool shared_output = false;    // a shared gate and output for the next level
+    bool per_task_inputs = false;  // K + 1 inputs (task 0..K-1, shared) instead of one
+    int64_t top_k = 0;             // 0: dense gates; k: each token keeps its gates' top k
 };
 
 template <class R>
@@ -63,6 +69,10 @@ class PleLayer {
     // d_task_outs[k]: [T, d]; d_shared_out: [T, d] (with shared_output, else null);
     // d_x: [T, d] and every parameter gradient accumulated.
     void backward(const R* const* d_task_outs, const R* d_shared_out, R* d_x);
+    // per_task_inputs: xs[i]: [T, d], i <= n_tasks (task inputs, then the shared one).
+    void forward(R* const* task_outs, R* shared_out, const R* const* xs, int64_t T);
+    // per_task_inputs: d_xs[i]: [T, d] accumulated, i <= n_tasks.
+    void backward(const R* const* d_task_outs, const R* d_shared_out, R* const* d_xs);
 
     const PleShape& shape() const { return shape_; }
     // Bank index of task k's j-th own expert, and of shared expert s.
