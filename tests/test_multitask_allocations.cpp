@@ -191,7 +191,6 @@ TEST(MultitaskAllocations, ForwardAndBackwardAllocateNothing) {
                 EXPECT_EQ(counting.count(), 0)
                     << "B=1 scoring, and " << counting.sgemm_count() << " in "
                     << counting.sgemm_calls() << " dnnl_sgemm calls";
-                EXPECT_GT(counting.sgemm_calls(), 0);  // the interposed gemm is the one used
             }
             const CountAllocations counting;
             for (int64_t B : {int64_t(1), max_batch, int64_t(37)}) {
@@ -199,7 +198,11 @@ TEST(MultitaskAllocations, ForwardAndBackwardAllocateNothing) {
                 m.forward(cats.data(), nums.data(), targets.data(), B);
                 m.backward();
             }
-            EXPECT_EQ(counting.count(), 0);
+            EXPECT_EQ(counting.count(), 0)
+                << "training steps, and " << counting.sgemm_count() << " in "
+                << counting.sgemm_calls() << " dnnl_sgemm calls";
+            // The interposed gemm is the one called (one row takes a path without it).
+            EXPECT_GT(counting.sgemm_calls(), 0);
         }
     }
 }
