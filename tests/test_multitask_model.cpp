@@ -171,6 +171,28 @@ TEST(MultitaskModel, GradientsMatchFiniteDifferences) {
     }
 }
 
+// Under data parallelism the loss and every gradient scale by loss_share; the task losses
+// do not.
+TEST(MultitaskModel, LossShareScalesLossAndGradients) {
+    test::Fixture fx("multitask_model_ple2");
+    const Batch b = batch_of(fx);
+    MultitaskNet<double> net(config_of(fx.get_int("config")), fixture_inputs(), b.B);
+    load_weights<double>(net.params(), fx);
+    const double loss =
+        net.forward(b.cats.data(), b.nums.data(), b.targets.data(), b.B, /*loss_share=*/0.25);
+    EXPECT_NEAR(loss, 0.25 * fx.get("loss")[0], 1e-12);
+    EXPECT_TRUE(test::all_close(net.task_losses(), fx.get("task_losses"), 1e-12, 1e-12));
+    net.grads().zero();
+    net.backward();
+    for (const auto& e : net.params().entries()) {
+        auto want = fx.get("grad." + e.name);
+        for (double& v : want) v *= 0.25;
+        EXPECT_TRUE(test::all_close(sparse::reference::tensor_as_f64(net.grads(), e.name), want,
+                                    1e-12, 1e-10))
+            << e.name;
+    }
+}
+
 TEST(MultitaskModel, ParametersAndGatesAreNamed) {
     const MultitaskInputs in = fixture_inputs();
     MultitaskModelConfig c;

@@ -200,5 +200,27 @@ TEST(PleLevels, SingleInputCallsOnAPerTaskLevelAreErrors) {
                                         {"PleLayer::backward", "n_tasks + 1 = 3"}));
 }
 
+TEST(PleLevels, MixtureInputsAreChecked) {
+    using Mix = sparse::MultiGateMixture<double>;
+    const std::vector<std::vector<int64_t>> cols = {{0, 1}, {1, 2}};
+    EXPECT_TRUE(test::throws_error_with(
+        [&] {
+            Mix m("Op", sparse::ExpertKind::gelu, 3, 4, 2, cols, 0, 4, {0, 1, 1}, {});
+        },
+        {"Op", "expert_input and gate_input must be given together"}));
+    EXPECT_TRUE(test::throws_error_with(
+        [&] {
+            Mix m("Op", sparse::ExpertKind::gelu, 3, 4, 2, cols, 0, 4, {0, 1}, {0, 1});
+        },
+        {"Op", "expert_input has 2 entries for 3 experts"}));
+    EXPECT_TRUE(test::throws_error_with(
+        [&] {
+            Mix m("Op", sparse::ExpertKind::gelu, 3, 4, 2, cols, 0, 4, {0, -1, 1}, {0, 1});
+        },
+        {"Op", "expert 1 reads input -1"}));
+    Mix m("Op", sparse::ExpertKind::gelu, 3, 4, 2, cols, 0, 4, {0, 2, 1}, {1, 0});
+    EXPECT_EQ(m.n_inputs(), 3);
+}
+
 }  // namespace
 }  // namespace moe

@@ -21,9 +21,10 @@
 //
 // Parameters, gradients and activations live in arenas sized at construction for max_batch
 // rows: forward and backward allocate nothing, so scoring a single row does not allocate.
-// Parameter names: embed.C.weight, input.weight, input.bias, bottom.w1 ..., mmoe.gate.K.w,
-// mmoe.experts.w1 ..., ple.L.task.K.gate.w, ple.L.shared.gate.w, ple.L.experts.w1 ...,
-// tower.K.w1, tower.K.b1, tower.K.w2, tower.K.b2.
+// Parameter names: embed.C.weight, input.weight, input.bias, bottom.w1 ..., omoe.gate.0.w,
+// omoe.experts.w1 ..., mmoe.gate.K.w, mmoe.experts.w1 ..., ple.L.task.K.gate.w,
+// ple.L.shared.gate.w, ple.L.experts.w1 ..., tower.K.w1, tower.K.b1, tower.K.w2, tower.K.b2.
+// The computation is MultitaskNet<R> (multitask_net.h), which tests also run in double.
 #pragma once
 
 #include <cstdint>
