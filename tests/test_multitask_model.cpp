@@ -238,9 +238,16 @@ TEST(MultitaskModel, ParametersAndGatesAreNamed) {
     ASSERT_EQ(og.size(), 1u);
     EXPECT_EQ(og[0].experts.size(), 8u);
     c.arch = "mmoe";
-    const auto mg = MultitaskModel(c, in, 2).gates();
+    const MultitaskModel mm(c, in, 2);
+    const auto mg = mm.gates();
     ASSERT_EQ(mg.size(), 2u);
     EXPECT_EQ(mg[1].label, "task value");
+    // d_in = 3 + 2 + 2 numbers; 8 experts of 2 d x H; two gates of 8 x d; two towers.
+    const double d = 32, H = 32, Ht = 16;
+    EXPECT_DOUBLE_EQ(mm.forward_flops_per_row(),
+                     2 * (7 * d + 8 * 2 * d * H + 2 * 8 * d + 2 * (d * Ht + Ht)));
+    EXPECT_EQ(mm.num_params(), 5 * 3 + 3 * 2 + 7 * d + d + 2 * (8 * d + 8) + 8 * 2 * d * H +
+                                   2 * (Ht * d + Ht + Ht + 1));
 }
 
 TEST(MultitaskModel, ErrorsNameTheColumnAndTheKey) {
