@@ -57,11 +57,6 @@ std::vector<size_t> find_columns(const std::vector<std::string>& names,
     return idx;
 }
 
-// Thrown inside read_table for a bad row; with skip_bad_rows it is counted instead.
-struct BadRow {
-    std::string message;
-};
-
 }  // namespace
 
 RawTable read_table(const TabularSchema& s, const std::string& path, bool with_targets) {
