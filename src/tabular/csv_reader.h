@@ -6,7 +6,8 @@
 //   - lines end in LF or CRLF (a CR before LF is not part of the field);
 //   - a UTF-8 byte order mark at the start of the file is skipped;
 //   - a line holding nothing at all (not even a delimiter) is skipped;
-//   - a record longer than max_record_bytes is an error, not an unbounded allocation.
+//   - a record longer than max_record_bytes is an error, not an unbounded allocation;
+//   - a quote inside an unquoted field is taken as a plain character (5'10" reads as is).
 // Errors (file missing or unreadable, an unterminated quote, text after a closing quote, a
 // record too long) throw moe::Error naming the file and line.
 #pragma once
@@ -38,7 +39,9 @@ class CsvReader {
     const std::string& path() const { return path_; }
 
   private:
-    int get();  // next byte or EOF, counting lines
+    int get();          // next byte or EOF, counting lines
+    void unget(int c);  // puts back a byte that get() returned (at most 3 pending)
+    [[noreturn]] void fail_too_long() const;
 
     std::string path_;
     CsvOptions opt_;
@@ -46,6 +49,8 @@ class CsvReader {
     bool owns_file_ = false;
     int64_t line_ = 1, record_line_ = 0;
     bool at_start_ = true;
+    int pending_[3] = {0, 0, 0};  // bytes put back, last one first out
+    int n_pending_ = 0;
 };
 
 }  // namespace moe::tabular

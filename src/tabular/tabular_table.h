@@ -5,6 +5,20 @@
 // are standardised, targets are the tasks. Nothing here knows any particular data set: a
 // user's CSV works with a schema that names its header's columns (others are ignored).
 //
+// Schema JSON (config "data.columns"); unknown keys are errors naming them:
+//   {"categorical": ["occupation",
+//                    {"name": "workclass", "embed_dim": 8, "min_count": 1},
+//                    {"name": "user", "hash_buckets": 4096}],
+//    "numeric":     ["age", {"name": "hours"}],
+//    "targets":     [{"name": "income_50k", "kind": "binary", "weight": 1.0},
+//                    {"name": "rating", "kind": "regression"}],
+//    "bad_rows":    "error"}
+// A categorical or numeric column may be a plain name (every setting at its default, as
+// in the structs below); a target is an object ("kind" defaults to "binary", "weight" to
+// 1). Every name is used once across the three lists. Header names are matched after
+// trimming spaces and tabs; numbers and targets are trimmed too, categorical values are
+// taken as written.
+//
 // Encoding, fitted on the training rows only and saved in the checkpoint:
 //   categorical: each value seen in training gets a row, in order of first appearance
 //                after sorting by count (descending) then value, so it does not depend on row
@@ -15,6 +29,10 @@
 //   numeric:     (x - mean) / std with the training mean and std (std 0 -> 1); an empty
 //                field is the mean (0 after standardising).
 //   targets:     binary: "0" or "1"; regression: any number. An empty target is a bad row.
+// The encoding's JSON, in the schema's column order (a hashed column has an empty
+// vocabulary): {"categorical": [{"vocab": ["Private", ...]}, ...],
+//               "numeric": [{"mean": 38.6, "std": 13.6}, ...]}
+// Vocabulary values must be valid UTF-8 (JSON text): fit_encoding refuses others.
 // Bad rows (wrong field count, a non-numeric number, a missing or invalid target) throw an
 // error naming file, line and column, or with bad_rows = "skip" are counted and dropped.
 #pragma once
