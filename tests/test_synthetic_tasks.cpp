@@ -2,6 +2,7 @@
 // tasks as p varies, the noise level, reproducibility from the seed, and the CSV output.
 #include <gtest/gtest.h>
 
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -14,6 +15,8 @@
 #include <iterator>
 #include <sstream>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "tabular/synthetic_tasks.h"
@@ -254,5 +257,70 @@ TEST(SyntheticTasks, CsvRejectsRowsOutsideTheData) {
     EXPECT_TRUE(test::throws_error_with([&] { write_synthetic_csv(t, dir + "/a.csv", 5, 6); },
                                         {"a.csv", "10 rows"}));
     EXPECT_FALSE(std::filesystem::exists(dir + "/a.csv"));
+    std::filesystem::remove_all(dir);
+}
+
+namespace {
+// Runs the built `moe`; returns its exit status and what it printed (stdout and stderr).
+std::pair<int, std::string> run_moe(const std::string& args, const std::string& dir) {
+    const std::string log = dir + "/moe.log";
+    const int status =
+        std::system((test::bin_dir() + "/moe " + args + " >" + log + " 2>&1").c_str());
+    std::ifstream in(log);
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::filesystem::remove(log);
+    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, text};
+}
+
+std::string read_all(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+}  // namespace
+
+TEST(MakeSyntheticCommand, WritesTheThreeSplitsReproducibly) {
+    if (!std::filesystem::exists(test::bin_dir() + "/moe")) GTEST_SKIP() << "moe is not built";
+    const std::string dir = temp_dir("cli");
+    const std::string flags = " --correlation 0.9 --rows 40 --val-rows 7 --test-rows 5 --seed 3";
+    auto [code, text] = run_moe("make-synthetic --out " + dir + "/a" + flags, dir);
+    ASSERT_EQ(code, 0) << text;
+    std::tie(code, text) = run_moe("make-synthetic --out " + dir + "/b" + flags, dir);
+    ASSERT_EQ(code, 0) << text;
+    // The same rows as the library makes, split in order: val starts at row 40.
+    SyntheticTaskOptions o;
+    o.correlation = 0.9;
+    o.rows = 52;
+    o.seed = 3;
+    const SyntheticTasks t = make_synthetic_tasks(o);
+    write_synthetic_csv(t, dir + "/val.csv", 40, 7);
+    for (const auto& [name, rows] : {std::pair{"train", 40}, {"val", 7}, {"test", 5}}) {
+        const std::string a = read_all(dir + "/a/" + name + ".csv");
+        EXPECT_EQ(std::count(a.begin(), a.end(), '\n'), rows + 1) << name;
+        EXPECT_EQ(a, read_all(dir + "/b/" + name + ".csv")) << name;
+    }
+    EXPECT_EQ(read_all(dir + "/a/val.csv"), read_all(dir + "/val.csv"));
+    std::filesystem::remove_all(dir);
+}
+
+TEST(MakeSyntheticCommand, BadFlagsExitNonZeroNamingTheFlag) {
+    if (!std::filesystem::exists(test::bin_dir() + "/moe")) GTEST_SKIP() << "moe is not built";
+    const std::string dir = temp_dir("cli_bad");
+    const std::pair<std::string, std::string> cases[] = {
+        {"--out " + dir + "/o", "--correlation"},
+        {"--correlation 0.5", "--out"},
+        {"--correlation 1.5 --out " + dir + "/o", "--correlation"},
+        {"--correlation 0.5 --rows -3 --out " + dir + "/o", "--rows"},
+        {"--correlation 0.5 --val-rows x --out " + dir + "/o", "--val-rows"},
+        {"--correlation 0.5 --colour 2 --out " + dir + "/o", "--colour"},
+    };
+    for (const auto& [args, flag] : cases) {
+        auto [code, text] = run_moe("make-synthetic " + args, dir);
+        EXPECT_EQ(code, 2) << args << ": " << text;
+        EXPECT_NE(text.find(flag), std::string::npos) << args << ": " << text;
+    }
+    EXPECT_FALSE(std::filesystem::exists(dir + "/o"));
+    auto [code, text] = run_moe("make-synthetic --help", dir);
+    EXPECT_EQ(code, 0);
+    EXPECT_NE(text.find("--correlation P"), std::string::npos) << text;
     std::filesystem::remove_all(dir);
 }
