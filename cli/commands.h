@@ -10,6 +10,7 @@ int run_eval(int argc, char** argv);
 int run_inspect(int argc, char** argv);
 int run_generate(int argc, char** argv);
 int run_classify(int argc, char** argv);
+int run_make_synthetic(int argc, char** argv);
 
 // Vision models' eval and inspect (eval.cpp and inspect.cpp hand over to them when the
 // run named on the command line is a vision model's, see names_vision_run).

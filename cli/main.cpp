@@ -22,6 +22,7 @@ void usage(FILE* out) {
         "  generate  write text with a trained model\n"
         "  inspect   routing report: expert load, domain- or class-by-expert usage heatmaps\n"
         "  classify  top classes of PNG images with a trained image classifier\n"
+        "  make-synthetic  write the MMoE paper's synthetic two-task data as CSV files\n"
         "  info      list the tensors and metadata of a safetensors checkpoint\n\n"
         "Run 'moe COMMAND --help' for the options of a command.\n");
 }
@@ -43,6 +44,7 @@ int main(int argc, char** argv) {
         if (cmd == "inspect") return moe::cli::run_inspect(argc - 1, argv + 1);
         if (cmd == "generate") return moe::cli::run_generate(argc - 1, argv + 1);
         if (cmd == "classify") return moe::cli::run_classify(argc - 1, argv + 1);
+        if (cmd == "make-synthetic") return moe::cli::run_make_synthetic(argc - 1, argv + 1);
     } catch (const moe::cli::UsageError& e) {
         std::fprintf(stderr, "moe %s: %s (see moe %s --help)\n", cmd.c_str(), e.what(),
                      cmd.c_str());

@@ -22,6 +22,7 @@ packages=(
     zlib1g-dev                     # gzip-compressed IDX images
     libpng-dev                     # PNG image folders (vision recipe) and sample grids
     python3 python3-torch python3-numpy python3-venv python3-pip   # PyTorch fixtures
+    python3-sklearn                # tabular recipe: gradient-boosting baseline
     fortunes                       # text corpus
     dataset-fashion-mnist          # image data
 )
@@ -39,12 +40,13 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# Python's safetensors and tensorboard packages are not packaged by Debian 12; the
+# Python's safetensors, tensorboard and pyarrow packages are not packaged by Debian 12; the
 # interoperability tests load our files with them from a venv that still sees Debian's torch
-# and numpy.
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import safetensors, tensorboard" 2>/dev/null; then
-    echo "setup: creating .venv with the safetensors and tensorboard packages"
+# and numpy. pyarrow reads the tabular recipe's parquet data; recent releases need NumPy 2,
+# Debian 12 has 1.24, so it stays below 19 (18.1 works with 1.24).
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import safetensors, tensorboard, pyarrow" 2>/dev/null; then
+    echo "setup: creating .venv with the safetensors, tensorboard and pyarrow packages"
     /usr/bin/python3 -m venv --system-site-packages .venv
-    .venv/bin/python -m pip install -q safetensors tensorboard
+    .venv/bin/python -m pip install -q safetensors tensorboard "pyarrow<19"
 fi
 echo "setup: all dependencies present"
