@@ -36,4 +36,9 @@ struct Args {
 Args parse_args(int argc, char** argv, const std::set<std::string>& value_options,
                 const std::set<std::string>& flag_options);
 
+// The first positional argument of an eval/inspect-style command line (the RUN), skipping
+// the options that take a value; "" when there is none. Lets `moe eval` hand a run over to
+// the command of its model family before parsing the family's own options.
+std::string first_run_argument(int argc, char** argv);
+
 }  // namespace moe::cli

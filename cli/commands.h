@@ -18,4 +18,10 @@ int run_vision_eval(int argc, char** argv);
 int run_vision_inspect(int argc, char** argv);
 bool names_vision_run(int argc, char** argv);
 
+// Multi-task models' eval and inspect (handed over likewise), and `moe score`.
+int run_multitask_eval(int argc, char** argv);
+int run_multitask_inspect(int argc, char** argv);
+bool names_multitask_run(int argc, char** argv);
+int run_score(int argc, char** argv);
+
 }  // namespace moe::cli

@@ -33,6 +33,7 @@ const char* kUsage =
 
 int run_eval(int argc, char** argv) {
     if (names_vision_run(argc, argv)) return run_vision_eval(argc, argv);
+    if (names_multitask_run(argc, argv)) return run_multitask_eval(argc, argv);
     const Args a = parse_args(argc, argv, {"--data", "--windows", "--batch", "--threads"},
                               {"--json", "--route-by-label"});
     if (a.help) return std::fputs(kUsage, stdout), 0;

@@ -36,6 +36,7 @@ const char* kUsage =
 
 int run_inspect(int argc, char** argv) {
     if (names_vision_run(argc, argv)) return run_vision_inspect(argc, argv);
+    if (names_multitask_run(argc, argv)) return run_multitask_inspect(argc, argv);
     const Args a = parse_args(
         argc, argv, {"--out", "--layer", "--data", "--windows", "--batch", "--threads"}, {});
     if (a.help) return std::fputs(kUsage, stdout), 0;

@@ -11,6 +11,7 @@
 #include "comm/comm.h"
 #include "core/check.h"
 #include "lm/lm_trainer.h"
+#include "tabular/multitask_trainer.h"
 #include "vision/vision_trainer.h"
 
 namespace moe::cli {
@@ -21,8 +22,9 @@ const char* kTrainUsage =
     "usage: moe train CONFIG.json [--set key=value ...] [--resume | --overwrite]\n"
     "\n"
     "Trains a model as the config file says. The config's \"task\" picks the kind:\n"
-    "\"language\" (the default; docs/config.md lists every key) or \"vision\" (an image\n"
-    "classifier; docs/vision.md).\n"
+    "\"language\" (the default; docs/config.md lists every key), \"vision\" (an image\n"
+    "classifier; docs/vision.md) or \"multitask\" (several prediction tasks on a CSV table\n"
+    "sharing experts: MMoE, PLE; docs/multitask.md).\n"
     "\n"
     "  --set key=value   override a config key, e.g. --set train.steps=200 (repeatable)\n"
     "  --resume          continue from OUT_DIR/checkpoint.safetensors\n"
@@ -101,20 +103,24 @@ int run_train(int argc, char** argv) {
     io::Config cfg = io::Config::from_file(path);
     for (const auto& s : sets) cfg.set(s);
     const std::string task = cfg.get<std::string>("task", "language");
-    MOE_REQUIRE(task == "language" || task == "vision", path, ": task must be \"language\" or ",
-                "\"vision\", got \"", task, "\"");
+    MOE_REQUIRE(task == "language" || task == "vision" || task == "multitask", path,
+                ": task must be \"language\", \"vision\" or \"multitask\", got \"", task, "\"");
     std::optional<lm::LmTrainConfig> lm_cfg;
     std::optional<vision::VisionTrainConfig> vision_cfg;
+    std::optional<tabular::MultitaskTrainConfig> multitask_cfg;
     if (task == "vision")
         vision_cfg = vision::read_vision_train_config(cfg);
+    else if (task == "multitask")
+        multitask_cfg = tabular::read_multitask_train_config(cfg);
     else
         lm_cfg = lm::read_lm_train_config(cfg);
     // Under mpirun: every rank runs this; MPI starts here, after the arguments checked out.
     const std::unique_ptr<comm::Comm> comm = comm::make_world_comm();
     try {
-        const train::TrainResult r = vision_cfg
-                                         ? vision::train_vision(*vision_cfg, mode, {}, comm.get())
-                                         : lm::train_lm(*lm_cfg, mode, {}, comm.get());
+        const train::TrainResult r =
+            vision_cfg      ? vision::train_vision(*vision_cfg, mode, {}, comm.get())
+            : multitask_cfg ? tabular::train_multitask(*multitask_cfg, mode, {}, comm.get())
+                            : lm::train_lm(*lm_cfg, mode, {}, comm.get());
         return comm->rank() == 0 ? report(r) : (r.interrupted ? 130 : 0);
     } catch (const std::exception& e) {
         if (comm->size() == 1) throw;

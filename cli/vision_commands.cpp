@@ -109,18 +109,8 @@ std::string out_dir_of(const Args& a, const vision::LoadedVision& v) {
 }  // namespace
 
 bool names_vision_run(int argc, char** argv) {
-    static const std::set<std::string> takes_value = {
-        "--data", "--windows", "--batch", "--threads", "--split", "--out", "--layer"};
-    for (int i = 1; i < argc; ++i) {
-        const std::string arg = argv[i];
-        if (arg.rfind("--", 0) == 0) {
-            if (takes_value.count(arg)) ++i;  // skip its value
-            continue;
-        }
-        if (arg == "-h") continue;
-        return vision::is_vision_checkpoint(arg);
-    }
-    return false;
+    const std::string run = first_run_argument(argc, argv);
+    return !run.empty() && vision::is_vision_checkpoint(run);
 }
 
 int run_vision_eval(int argc, char** argv) {

@@ -22,6 +22,18 @@ TEST(Config, DottedTopLevelKeyIsRefusedNotIgnored) {
                                         {"run.json", "empty key"}));
 }
 
+// section() hands a whole subtree to a reader that checks its own keys: every key under it
+// counts as read, keys beside it still do not.
+TEST(Config, SectionMarksItsKeysReadAndOnlyThose) {
+    io::Config c(R"({"data": {"columns": {"numeric": ["a"], "x": {"y": 1}}, "path": "p"}})", "t");
+    const nlohmann::json cols = c.section("data.columns");
+    EXPECT_EQ(cols["numeric"][0], "a");
+    EXPECT_TRUE(c.section("data.missing").is_null());
+    EXPECT_TRUE(test::throws_error_with([&] { c.finish(); }, {"data.path"}));
+    c.get<std::string>("data.path", "");
+    c.finish();
+}
+
 TEST(Config, SetWithEmptyKeyPartsIsRefused) {
     for (const char* bad : {".train.steps=7", "train..steps=7", "train.steps.=7", ".=1"}) {
         io::Config c;

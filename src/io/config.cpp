@@ -177,6 +177,16 @@ template std::string Config::get<std::string>(const std::string&, const std::str
 template IntList Config::get<IntList>(const std::string&, const IntList&);
 template IntLists Config::get<IntLists>(const std::string&, const IntLists&);
 
+json Config::section(const std::string& key) {
+    const json* v = find(key);
+    if (!v) return nullptr;
+    std::vector<std::string> leaves;
+    collect_leaves(*v, key, leaves);
+    read_.insert(key);
+    read_.insert(leaves.begin(), leaves.end());
+    return *v;
+}
+
 void Config::finish() const {
     std::vector<std::string> leaves, unknown;
     collect_leaves(doc_, "", leaves);

@@ -30,6 +30,10 @@ public:
     template <class T>
     T get(const std::string& key, const T& fallback);
 
+    // The JSON value at "dotted.key" (null when absent), every key under it counted as read:
+    // for a section whose reader checks its own keys (e.g. a table's column schema).
+    nlohmann::json section(const std::string& key);
+
     // Throws naming every key present in the document but never read.
     void finish() const;
 
