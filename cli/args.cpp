@@ -67,9 +67,8 @@ double Args::get_double(const std::string& name, double fallback) const {
 
 std::string first_run_argument(int argc, char** argv) {
     // Every option of eval, inspect and score that takes a value (any family's).
-    static const std::set<std::string> takes_value = {"--data",  "--windows", "--batch",
-                                                      "--threads", "--split", "--out",
-                                                      "--layer"};
+    static const std::set<std::string> takes_value = {
+        "--data", "--windows", "--batch", "--threads", "--split", "--out", "--layer"};
     for (int i = 1; i < argc; ++i) {
         const std::string arg = argv[i];
         if (arg.rfind("--", 0) == 0) {

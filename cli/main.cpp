@@ -17,11 +17,12 @@ void usage(FILE* out) {
         "usage: moe COMMAND [options]\n\n"
         "commands:\n"
         "  demo      train a small language model on the default corpus and show it learning\n"
-        "  train     train a model (language or vision) from a config file\n"
+        "  train     train a model (language, vision or multi-task) from a config file\n"
         "  eval      a trained model's loss and perplexity per domain, or test accuracy per class\n"
         "  generate  write text with a trained model\n"
         "  inspect   routing report: expert load, domain- or class-by-expert usage heatmaps\n"
         "  classify  top classes of PNG images with a trained image classifier\n"
+        "  score     predictions of a trained multi-task model for the rows of a CSV file\n"
         "  make-synthetic  write the MMoE paper's synthetic two-task data as CSV files\n"
         "  info      list the tensors and metadata of a safetensors checkpoint\n\n"
         "Run 'moe COMMAND --help' for the options of a command.\n");
@@ -44,6 +45,7 @@ int main(int argc, char** argv) {
         if (cmd == "inspect") return moe::cli::run_inspect(argc - 1, argv + 1);
         if (cmd == "generate") return moe::cli::run_generate(argc - 1, argv + 1);
         if (cmd == "classify") return moe::cli::run_classify(argc - 1, argv + 1);
+        if (cmd == "score") return moe::cli::run_score(argc - 1, argv + 1);
         if (cmd == "make-synthetic") return moe::cli::run_make_synthetic(argc - 1, argv + 1);
     } catch (const moe::cli::UsageError& e) {
         std::fprintf(stderr, "moe %s: %s (see moe %s --help)\n", cmd.c_str(), e.what(),
