@@ -14,6 +14,9 @@ Wipes OUT, then writes into it:
   vision/            a tiny image classifier (two classes of 8x8 PNGs) trained the same way,
                      for the image cases (IDX files that lie, PNGs that are not, a tampered
                      vision checkpoint, a FIFO where an image is expected)
+  multitask/         a tiny multi-task model (two CSV files) trained the same way, for the
+                     CSV cases (files that break the rules, a 17 MiB record, a FIFO) and
+                     tampered multi-task checkpoints
   manifest.json      the good checkpoint's sha256 and step, for the runner to check
 
 Only the Python standard library is used (safetensors files are read and written by hand:
@@ -244,6 +247,80 @@ def make_vision_cases(out, cases, moe, timeout):
             "vision_sha256": sha256(os.path.join(run, "checkpoint.safetensors"))}
 
 
+# --- multi-task: CSV files ------------------------------------------------------------------
+
+
+def multitask_config(directory, out_dir, train_csv=None, steps=4):
+    return {"task": "multitask",
+            "model": {"arch": "mmoe", "d_model": 8, "expert_hidden": 8, "n_experts": 2,
+                      "tower_hidden": 4},
+            "train": {"steps": steps, "batch_size": 8, "warmup_steps": 1, "log_every": 100,
+                      "eval_every": 0, "threads": 1, "tensorboard": False},
+            "data": {"train": train_csv or os.path.join(directory, "train.csv"),
+                     "val": os.path.join(directory, "val.csv"),
+                     "columns": {"categorical": ["colour"], "numeric": ["x"],
+                                 "targets": [{"name": "y", "kind": "binary"}]}},
+            "out_dir": out_dir}
+
+
+def make_multitask_cases(out, cases, moe, timeout):
+    """A good multi-task run (trained here) and hostile CSV files and checkpoints."""
+    C = lambda *p: os.path.join(cases, *p)  # noqa: E731
+    mdir = os.path.join(out, "multitask")
+    os.makedirs(mdir)
+    rng = random.Random(5)
+    for name, n in (("train.csv", 40), ("val.csv", 10)):
+        with open(os.path.join(mdir, name), "w") as f:
+            f.write("colour,x,y\n")
+            for _ in range(n):
+                x = rng.gauss(0, 1)
+                f.write(f"{rng.choice(['red', 'blue'])},{x:.4f},{int(x > 0)}\n")
+    run = os.path.join(mdir, "run")
+    config = os.path.join(mdir, "config.json")
+    write_json(config, multitask_config(mdir, run))
+    train(moe, config, timeout)
+    header, data = read_safetensors(os.path.join(run, "checkpoint.safetensors"))
+    assert header["__metadata__"]["format"] == "moe.cpp/multitask", header["__metadata__"]
+    # Tampered checkpoints: a config that claims d_model 4096 or 10^6 experts over the tiny
+    # tensors; a vocabulary longer than the embedding table; an encoding that is not JSON.
+    write_safetensors(C("multitask_d_model_4096.safetensors"),
+                      with_config(header, "model", "d_model", 4096), data)
+    write_safetensors(C("multitask_experts_1e6.safetensors"),
+                      with_config(header, "model", "n_experts", 1000000), data)
+    enc = json.loads(header["__metadata__"]["encoding"])
+    enc["categorical"][0]["vocab"] += [f"v{i}" for i in range(1000)]
+    write_safetensors(C("multitask_long_vocab.safetensors"),
+                      with_metadata(header, encoding=json.dumps(enc)), data)
+    write_safetensors(C("multitask_encoding_not_json.safetensors"),
+                      with_metadata(header, encoding="{not json"), data)
+    # CSV files that break the rules, each as the training file of a run that must not start.
+    good = "colour,x,y\nred,1.5,1\n"
+    bad_csv = {
+        "csv_unterminated_quote.csv": good + '"blue,0.5,1\nred,1,1\n',
+        "csv_text_after_quote.csv": good + '"blue"x,0.5,1\n',
+        "csv_field_count.csv": good + "blue,0.5\n",
+        "csv_not_a_number.csv": good + "blue,half,1\n",
+        "csv_target_not_binary.csv": good + "blue,0.5,2\n",
+        "csv_target_missing.csv": good + "blue,0.5,\n",
+        "csv_missing_column.csv": "colour,x\nred,1.5\n",
+        "csv_empty.csv": "",
+    }
+    for name, text in bad_csv.items():
+        with open(C(name), "w") as f:
+            f.write(text)
+    with open(C("csv_not_utf8.csv"), "wb") as f:
+        f.write(b"colour,x,y\nred,1.5,1\ngr\xfcn,0.5,0\n")
+    # One record of 17 MiB (over the 16 MiB limit): refused, not swallowed.
+    with open(C("csv_huge_record.csv"), "w") as f:
+        f.write("colour,x,y\n" + "r" * (17 << 20) + ",1,1\n")
+    os.mkfifo(C("csv_fifo.csv"))
+    os.makedirs(C("csv_directory.csv"))
+    return {"multitask_run": run, "multitask_config": config,
+            "multitask_bad_csv": sorted(bad_csv) + ["csv_not_utf8.csv", "csv_huge_record.csv",
+                                                    "csv_fifo.csv", "csv_directory.csv"],
+            "multitask_sha256": sha256(os.path.join(run, "checkpoint.safetensors"))}
+
+
 def make_cases(out, moe, timeout):
     cases = os.path.join(out, "cases")
     os.makedirs(cases)
@@ -359,6 +436,7 @@ def make_cases(out, moe, timeout):
         f.write(struct.pack("<Q", 2**64 - 1) + b"{}")
 
     vision = make_vision_cases(out, cases, moe, timeout)
+    vision.update(make_multitask_cases(out, cases, moe, timeout))
 
     sums = {name: sha256(os.path.join(run, name)) for name in ("checkpoint.safetensors", "metrics.jsonl")}
     with open(os.path.join(out, "manifest.json"), "w") as f:

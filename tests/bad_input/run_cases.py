@@ -46,6 +46,7 @@ CLASSES = [
     "10_many_tensors",
     "11_stale_tmp_and_internals",
     "12_vision",
+    "13_multitask",
 ]
 
 MiB = 1024 * 1024
@@ -772,6 +773,48 @@ class Suite:
                    ["--top"], rc=2)
         ckpt = os.path.join(run, "checkpoint.safetensors")
         self.check("vision_run_unchanged", sha256(ckpt) == m["vision_sha256"],
+                   f"{ckpt} changed (sha256 differs)")
+
+
+    # (13) Multi-task models on CSV files: a training file that breaks the CSV rules or the
+    # schema (every error names the file and, where there is one, the line), a record of
+    # 17 MiB, a FIFO or a directory where a CSV file is expected; checkpoints whose metadata
+    # does not match their tensors; scoring with a language model.
+    def class_multitask(self):
+        m = self.manifest
+        cfg, run = m["multitask_config"], m["multitask_run"]
+        lines = {"csv_unterminated_quote.csv": ":3:", "csv_text_after_quote.csv": ":3:",
+                 "csv_field_count.csv": ":3", "csv_not_a_number.csv": ":3",
+                 "csv_target_not_binary.csv": ":3", "csv_target_missing.csv": ":3",
+                 "csv_missing_column.csv": "\"y\"", "csv_not_utf8.csv": ":3",
+                 "csv_huge_record.csv": ":2", "csv_empty.csv": "empty",
+                 "csv_fifo.csv": "FIFO", "csv_directory.csv": "directory"}
+        for name in m["multitask_bad_csv"]:
+            self.error(f"train_{name}", ["train", cfg, "--set", f"data.train={self.C(name)}",
+                                         "--set", self.out_dir("never")],
+                       [self.C(name), lines[name]], max_rss=256 * MiB)
+            # Scoring reads only the features: a target or a non-UTF-8 category (an unseen
+            # value, scored through the out-of-vocabulary row) is no error there.
+            if name not in ("csv_target_not_binary.csv", "csv_target_missing.csv",
+                            "csv_missing_column.csv", "csv_not_utf8.csv"):
+                self.error(f"score_{name}", ["score", run, self.C(name)], [self.C(name)],
+                           max_rss=256 * MiB)
+        self.check("multitask_never_ran", not os.path.exists(self.W("never")),
+                   "a failed multi-task run left its out_dir behind")
+        for name, shown in (("multitask_d_model_4096", "the config in its metadata makes it"),
+                            ("multitask_experts_1e6", "the config in its metadata makes it"),
+                            ("multitask_long_vocab", "embed.0.weight"),
+                            ("multitask_encoding_not_json", "encoding")):
+            f = self.C(name + ".safetensors")
+            self.error(f"eval_{name}", ["eval", f, "--split", "val"], [f, shown])
+            self.error(f"score_{name}", ["score", f, os.path.join(os.path.dirname(cfg), "val.csv")],
+                       [f, shown])
+        self.error("score_language_model", ["score", self.good, os.path.join(os.path.dirname(cfg), "val.csv")],
+                   [os.path.join(self.good, "checkpoint.safetensors"), "not a multi-task checkpoint"])
+        self.success("score_good_rows", ["score", run, os.path.join(os.path.dirname(cfg), "val.csv")],
+                     out=["line,y"])
+        ckpt = os.path.join(run, "checkpoint.safetensors")
+        self.check("multitask_run_unchanged", sha256(ckpt) == m["multitask_sha256"],
                    f"{ckpt} changed (sha256 differs)")
 
 

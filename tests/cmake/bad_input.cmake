@@ -30,7 +30,7 @@ set_tests_properties(bad_input.setup PROPERTIES FIXTURES_SETUP bad_input
 
 foreach(class 1_deep_json 2_not_regular_file 3_memory 4_non_finite 5_dotted_keys
               6_strict_numbers 7_non_utf8_names 8_run_dir 9_val_fraction 10_many_tensors
-              11_stale_tmp_and_internals 12_vision)
+              11_stale_tmp_and_internals 12_vision 13_multitask)
   add_test(NAME bad_input.${class}
            COMMAND python3 ${MOE_BAD_INPUT_SCRIPTS}/run_cases.py
                    --moe $<TARGET_FILE:moe_cli> --dir ${MOE_BAD_INPUT_DIR} --class ${class}
