@@ -72,7 +72,7 @@ def compare(a, b, ra, rb, steps, tol):
 
 
 def checkpoint_format(path):
-    """The "format" metadata of a checkpoint ("moe.cpp/lm", "moe.cpp/vision")."""
+    """The "format" metadata of a checkpoint ("moe.cpp/lm", "moe.cpp/vision", ...)."""
     with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
         return json.loads(f.read(n)).get("__metadata__", {}).get("format", "")
@@ -80,9 +80,10 @@ def checkpoint_format(path):
 
 def eval_loss(moe, ckpt, log):
     """Validation loss of a checkpoint by `moe eval` in one process: 8 windows per domain of
-    a language model, the held-out validation images of an image classifier."""
-    vision = checkpoint_format(ckpt) == "moe.cpp/vision"
-    extra = ["--split", "val"] if vision else ["--windows", "8"]
+    a language model, the held-out validation images of an image classifier, the validation
+    rows of a multi-task model."""
+    held_out = checkpoint_format(ckpt) in ("moe.cpp/vision", "moe.cpp/multitask")
+    extra = ["--split", "val"] if held_out else ["--windows", "8"]
     out = subprocess.run([moe, "eval", ckpt, "--json"] + extra, capture_output=True, text=True)
     with open(log, "w") as f:
         f.write(out.stdout + out.stderr)

@@ -49,6 +49,24 @@ if(MPIEXEC_EXECUTABLE)
                    --out ${CMAKE_BINARY_DIR}/distributed_vision_np2)
   set_tests_properties(mpi.train_vision_matches_single_process.np2
                        PROPERTIES TIMEOUT 900 RUN_SERIAL TRUE)
+  # A multi-task model (MMoE on the synthetic two-task data, made first by moe
+  # make-synthetic) on 2 ranks: each rank takes half the rows of a batch (data parallel).
+  set(_mt_data ${CMAKE_BINARY_DIR}/distributed_multitask_data)
+  add_test(NAME mpi.multitask_data
+           COMMAND $<TARGET_FILE:moe_cli> make-synthetic --correlation 0.5 --rows 2000
+                   --val-rows 500 --test-rows 500 --out ${_mt_data})
+  set_tests_properties(mpi.multitask_data PROPERTIES FIXTURES_SETUP mpi_multitask_data
+                       TIMEOUT 120)
+  add_test(NAME mpi.train_multitask_matches_single_process.np2
+           COMMAND python3 ${_check} ${_run} --ranks 2 --steps 10 --resume-steps 3 --tol 1e-3
+                   --min-same-steps 10 --eval-tol-parted 1e-3
+                   --config ${PROJECT_SOURCE_DIR}/recipes/multitask/synthetic.json
+                   --set "data.train=\"${_mt_data}/train.csv\""
+                   --set "data.val=\"${_mt_data}/val.csv\""
+                   --set "data.test=\"${_mt_data}/test.csv\"" --set train.warmup_steps=2
+                   --out ${CMAKE_BINARY_DIR}/distributed_multitask_np2)
+  set_tests_properties(mpi.train_multitask_matches_single_process.np2 PROPERTIES
+                       FIXTURES_REQUIRED mpi_multitask_data TIMEOUT 600 RUN_SERIAL TRUE)
   # moe.n_experts not divisible by the ranks: an error naming both before any step runs.
   add_test(NAME mpi.train_lm_experts_not_divisible.np2
            COMMAND ${MPIEXEC_EXECUTABLE} --allow-run-as-root --oversubscribe -np 2
