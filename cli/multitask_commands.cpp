@@ -68,18 +68,17 @@ std::string csv_of_split(const tabular::LoadedMultitask& m, const std::string& s
     return m.cfg.data.test;
 }
 
-// Experts of one level, in the order of the gate that lists the most (PLE's shared gate lists
-// every expert of its level in bank order), then any others in order of appearance.
-std::vector<std::string> level_experts(const std::vector<tabular::GateInfo>& gates, int64_t level) {
+// Experts of one level in bank order: the shared experts first, then each task's, in the
+// order the gates list them.
+std::vector<std::string> level_experts(const std::vector<tabular::GateInfo>& gates,
+                                       int64_t level) {
     std::vector<std::string> names;
-    const tabular::GateInfo* widest = nullptr;
-    for (const auto& g : gates)
-        if (g.level == level && (!widest || g.experts.size() > widest->experts.size())) widest = &g;
-    if (widest) names = widest->experts;
     for (const auto& g : gates)
         if (g.level == level)
             for (const auto& e : g.experts)
                 if (std::find(names.begin(), names.end(), e) == names.end()) names.push_back(e);
+    std::stable_partition(names.begin(), names.end(),
+                          [](const std::string& n) { return n.rfind("shared ", 0) == 0; });
     return names;
 }
 
@@ -167,7 +166,11 @@ int run_multitask_inspect(int argc, char** argv) {
         h.value_label = "mean gate weight";
         for (size_t g = 0; g < gates.size(); ++g) {
             if (gates[g].level != level) continue;
-            h.row_labels.push_back(gates[g].label);
+            // The title names the level: the rows need only the gate ("task income").
+            std::string label = gates[g].label;
+            const std::string prefix = "level " + std::to_string(level) + " ";
+            if (label.rfind(prefix, 0) == 0) label = label.substr(prefix.size());
+            h.row_labels.push_back(label);
             for (const std::string& col : h.col_labels) {
                 const auto& ex = gates[g].experts;
                 const auto it = std::find(ex.begin(), ex.end(), col);
