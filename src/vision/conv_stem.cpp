@@ -7,8 +7,7 @@
 #include "core/check.h"
 #include "core/profile.h"
 #include "core/rng.h"
-#include "kernels/activations.h"
-#include "kernels/norms.h"
+#include "kernels/layernorm_gelu.h"
 
 namespace moe::vision {
 
@@ -59,7 +58,6 @@ void ConvStem::declare(Arena& params, const std::string& prefix) {
             u.conv_out = acts_.add(p + "conv_out", {rows, oc});
             u.mean = acts_.add(p + "mean", {rows});
             u.rstd = acts_.add(p + "rstd", {rows});
-            u.norm_out = acts_.add(p + "norm_out", {rows, oc});
             u.act = acts_.add(p + "act", {rows, oc});
             largest = std::max({largest, rows * oc, rows * ic});
         }
@@ -111,9 +109,8 @@ void ConvStem::forward(float* out, const float* images, int64_t B) {
                 u.conv->forward(a(u.conv_out), x, P(u.weight), P(u.bias), B);
             }
             MOE_PROFILE_SCOPE("stem_norm_act");
-            kernels::layernorm_forward(a(u.norm_out), a(u.mean), a(u.rstd), a(u.conv_out),
-                                       P(u.norm_w), P(u.norm_b), rows, c, float(eps_));
-            kernels::gelu_forward(a(u.act), a(u.norm_out), rows * c);
+            kernels::layernorm_gelu_forward(a(u.act), a(u.mean), a(u.rstd), a(u.conv_out),
+                                            P(u.norm_w), P(u.norm_b), rows, c, float(eps_));
             x = a(u.act);
         }
         MOE_PROFILE_SCOPE("pool_fwd");
@@ -146,12 +143,10 @@ void ConvStem::backward(float* d_out, int64_t B) {
             float* d_other = d_act == a(d_a_) ? a(d_b_) : a(d_a_);
             {
                 MOE_PROFILE_SCOPE("stem_norm_act");
-                // d_act -> d(norm_out) in d_other -> d(conv_out) in d_act.
-                std::memset(d_other, 0, size_t(n * oc) * sizeof(float));
-                kernels::gelu_backward(d_other, d_act, a(u.norm_out), n * oc);
-                std::memset(d_act, 0, size_t(n * oc) * sizeof(float));
-                kernels::layernorm_backward(d_act, G(u.norm_w), G(u.norm_b), d_other, a(u.conv_out),
-                                            P(u.norm_w), a(u.mean), a(u.rstd), n, oc);
+                // d(act) -> d(conv_out), in place: the fused kernel writes d_in.
+                kernels::layernorm_gelu_backward(d_act, G(u.norm_w), G(u.norm_b), d_act,
+                                                 a(u.conv_out), P(u.norm_w), P(u.norm_b), a(u.mean),
+                                                 a(u.rstd), n, oc);
             }
             const bool first = s == 0 && j == 0;
             const float* in =
