@@ -55,14 +55,16 @@ TEST_P(LayerNormGeluSweep, MatchesTheUnfusedReference) {
     const float eps = 1e-5f;
 
     Misaligned xm(x), wm(w), bm(b), out(std::vector<float>(x.size()));
-    Misaligned mean{std::vector<float>(static_cast<size_t>(N))},
-        rstd{std::vector<float>(static_cast<size_t>(N))};
-    std::vector<float> out_ref(x.size()), mean_ref(static_cast<size_t>(N)),
+    Misaligned grad(std::vector<float>(x.size()));
+    Misaligned mean{std::vector<float>(static_cast<size_t>(N))};
+    Misaligned rstd{std::vector<float>(static_cast<size_t>(N))};
+    std::vector<float> out_ref(x.size()), grad_ref(x.size()), mean_ref(static_cast<size_t>(N)),
         rstd_ref(static_cast<size_t>(N));
-    kernels::layernorm_gelu_forward(out.data(), mean.data(), rstd.data(), xm.data(), wm.data(),
-                                    bm.data(), N, C, eps);
-    kernels::layernorm_gelu_forward_reference(out_ref.data(), mean_ref.data(), rstd_ref.data(),
-                                              x.data(), w.data(), b.data(), N, C, eps);
+    kernels::layernorm_gelu_forward(out.data(), grad.data(), mean.data(), rstd.data(), xm.data(),
+                                    wm.data(), bm.data(), N, C, eps);
+    kernels::layernorm_gelu_forward_reference(out_ref.data(), grad_ref.data(), mean_ref.data(),
+                                              rstd_ref.data(), x.data(), w.data(), b.data(), N, C,
+                                              eps);
     // mean carries the offset's rounding; rstd = 316 for C = 1 (zero variance).
     EXPECT_TRUE(test::all_close(mean.values(), mean_ref, kEps * (scale + std::fabs(offset)), kEps));
     EXPECT_TRUE(test::all_close(rstd.values(), rstd_ref, 0, 4 * kEps));
@@ -72,19 +74,21 @@ TEST_P(LayerNormGeluSweep, MatchesTheUnfusedReference) {
     const double y_mag = std::sqrt(double(C)) * max_abs(w) + max_abs(b) +
                          std::fabs(double(offset)) * max_rstd * max_abs(w);
     EXPECT_TRUE(test::all_close(out.values(), out_ref, 8 * kEps * y_mag, 8 * kEps));
+    // gelu'' = 2 phi - y^2 phi is at most 0.8 in size.
+    EXPECT_TRUE(test::all_close(grad.values(), grad_ref, 8 * kEps * y_mag, 8 * kEps));
 
-    // Backward from the reference's statistics, so both see the same y.
+    // Backward from the reference's saved arrays, so both see the same y.
     Misaligned dym(dy), dx(std::vector<float>(x.size(), 123.0f)), dw(dw0), db(db0);
-    Misaligned meanm(mean_ref), rstdm(rstd_ref);
+    Misaligned meanm(mean_ref), rstdm(rstd_ref), gradm(grad_ref);
     std::vector<float> dx_ref(x.size(), -7.0f);
     auto dw_ref = dw0, db_ref = db0;
-    kernels::layernorm_gelu_backward(dx.data(), dw.data(), db.data(), dym.data(), xm.data(),
-                                     wm.data(), bm.data(), meanm.data(), rstdm.data(), N, C);
+    kernels::layernorm_gelu_backward(dx.data(), dw.data(), db.data(), dym.data(), gradm.data(),
+                                     xm.data(), wm.data(), meanm.data(), rstdm.data(), N, C);
     kernels::layernorm_gelu_backward_reference(dx_ref.data(), dw_ref.data(), db_ref.data(),
-                                               dy.data(), x.data(), w.data(), b.data(),
+                                               dy.data(), grad_ref.data(), x.data(), w.data(),
                                                mean_ref.data(), rstd_ref.data(), N, C);
     // d_in = rstd * (g - mean(g) - xhat mean(g xhat)), g = dy * gelu'(y) * w: rstd scales
-    // the error (316 for C = 1), g carries |w| times gelu'(y)'s error, which follows y's.
+    // the error (316 for C = 1), and xhat carries the offset's rounding as y does.
     const double dx_atol = 16 * kEps * max_rstd * max_abs(w) * y_mag;
     EXPECT_TRUE(test::all_close(dx.values(), dx_ref, dx_atol, 16 * kEps));
     // d_weight and d_bias sum N terms of size ~|xhat| and ~1: rounding grows with N.
@@ -106,22 +110,25 @@ std::vector<Case> sweep() {
 INSTANTIATE_TEST_SUITE_P(Channels, LayerNormGeluSweep, ::testing::ValuesIn(sweep()));
 
 TEST(LayerNormGelu, ForwardIsBitwiseTheUnfusedKernels) {
-    // The same float expression for y and the same Phi: fusing changes no output bit.
+    // The same float expression for y and the same Phi and phi: fusing changes no bit of the
+    // output, and the saved slope is what gelu_backward computes for d_out = 1.
     for (int64_t C : {3, 32, 64}) {
         const int64_t N = 1500;  // past the parallel threshold for C >= 32
         const auto x = test::random_normal_f32(size_t(N * C), 11, 2.0f);
         const auto w = test::random_normal_f32(size_t(C), 12);
         const auto b = test::random_normal_f32(size_t(C), 13);
-        std::vector<float> out(x.size()), mean(static_cast<size_t>(N)),
+        std::vector<float> out(x.size()), grad(x.size()), mean(static_cast<size_t>(N)),
             rstd(static_cast<size_t>(N));
-        std::vector<float> y(x.size()), out1(x.size()), mean1(static_cast<size_t>(N)),
-            rstd1(static_cast<size_t>(N));
-        kernels::layernorm_gelu_forward(out.data(), mean.data(), rstd.data(), x.data(), w.data(),
-                                        b.data(), N, C, 1e-5f);
+        std::vector<float> y(x.size()), out1(x.size()), grad1(x.size(), 0.0f), ones(x.size(), 1.0f),
+            mean1(static_cast<size_t>(N)), rstd1(static_cast<size_t>(N));
+        kernels::layernorm_gelu_forward(out.data(), grad.data(), mean.data(), rstd.data(), x.data(),
+                                        w.data(), b.data(), N, C, 1e-5f);
         kernels::layernorm_forward(y.data(), mean1.data(), rstd1.data(), x.data(), w.data(),
                                    b.data(), N, C, 1e-5f);
         kernels::gelu_forward(out1.data(), y.data(), N * C);
+        kernels::gelu_backward(grad1.data(), ones.data(), y.data(), N * C);
         EXPECT_EQ(out, out1) << C;
+        EXPECT_EQ(grad, grad1) << C;
         EXPECT_EQ(mean, mean1) << C;
         EXPECT_EQ(rstd, rstd1) << C;
     }
@@ -134,10 +141,11 @@ TEST(LayerNormGelu, BackwardMatchesFiniteDifferences) {
     auto w = test::random_normal(size_t(C), 22);
     auto b = test::random_normal(size_t(C), 23);
     const auto wts = test::random_normal(x.size(), 24);  // d loss / d out
-    std::vector<double> out(x.size()), mean(static_cast<size_t>(N)), rstd(static_cast<size_t>(N));
+    std::vector<double> out(x.size()), grad(x.size()), mean(static_cast<size_t>(N)),
+        rstd(static_cast<size_t>(N));
     auto loss = [&] {
-        kernels::layernorm_gelu_forward(out.data(), mean.data(), rstd.data(), x.data(), w.data(),
-                                        b.data(), N, C, eps);
+        kernels::layernorm_gelu_forward(out.data(), grad.data(), mean.data(), rstd.data(), x.data(),
+                                        w.data(), b.data(), N, C, eps);
         return test::weighted_sum(out, wts);
     };
     const auto num_dx = test::numeric_gradient(loss, x.data(), x.size());
@@ -145,8 +153,8 @@ TEST(LayerNormGelu, BackwardMatchesFiniteDifferences) {
     const auto num_db = test::numeric_gradient(loss, b.data(), b.size());
     loss();
     std::vector<double> dx(x.size(), 99.0), dw(w.size(), 0.0), db(b.size(), 0.0);
-    kernels::layernorm_gelu_backward(dx.data(), dw.data(), db.data(), wts.data(), x.data(),
-                                     w.data(), b.data(), mean.data(), rstd.data(), N, C);
+    kernels::layernorm_gelu_backward(dx.data(), dw.data(), db.data(), wts.data(), grad.data(),
+                                     x.data(), w.data(), mean.data(), rstd.data(), N, C);
     EXPECT_TRUE(test::all_close(dx, num_dx, 1e-8, 1e-6));  // written: the 99s are gone
     EXPECT_TRUE(test::all_close(dw, num_dw, 1e-8, 1e-6));
     EXPECT_TRUE(test::all_close(db, num_db, 1e-8, 1e-6));
@@ -161,14 +169,15 @@ Grads run_backward(int64_t N, int64_t C, bool in_place) {
     const auto w = test::random_normal_f32(size_t(C), 32);
     const auto b = test::random_normal_f32(size_t(C), 33);
     const auto dy = test::random_normal_f32(x.size(), 34);
-    std::vector<float> out(x.size()), mean(static_cast<size_t>(N)), rstd(static_cast<size_t>(N));
-    kernels::layernorm_gelu_forward(out.data(), mean.data(), rstd.data(), x.data(), w.data(),
-                                    b.data(), N, C, 1e-5f);
+    std::vector<float> out(x.size()), grad(x.size()), mean(static_cast<size_t>(N)),
+        rstd(static_cast<size_t>(N));
+    kernels::layernorm_gelu_forward(out.data(), grad.data(), mean.data(), rstd.data(), x.data(),
+                                    w.data(), b.data(), N, C, 1e-5f);
     Grads g{in_place ? dy : std::vector<float>(x.size()), std::vector<float>(size_t(C), 0.5f),
             std::vector<float>(size_t(C), -0.5f)};
     kernels::layernorm_gelu_backward(g.dx.data(), g.dw.data(), g.db.data(),
-                                     in_place ? g.dx.data() : dy.data(), x.data(), w.data(),
-                                     b.data(), mean.data(), rstd.data(), N, C);
+                                     in_place ? g.dx.data() : dy.data(), grad.data(), x.data(),
+                                     w.data(), mean.data(), rstd.data(), N, C);
     return g;
 }
 
@@ -204,11 +213,11 @@ TEST(LayerNormGelu, ParameterGradientsAreIdenticalRunToRunAndForAnyThreadCount) 
 
 TEST(LayerNormGelu, RejectsBadArguments) {
     std::vector<float> v(8), s(2);
-    EXPECT_THROW(kernels::layernorm_gelu_forward(v.data(), s.data(), s.data(), v.data(), v.data(),
-                                                 v.data(), 2, 0, 1e-5f),
+    EXPECT_THROW(kernels::layernorm_gelu_forward(v.data(), v.data(), s.data(), s.data(), v.data(),
+                                                 v.data(), v.data(), 2, 0, 1e-5f),
                  Error);
-    EXPECT_THROW(kernels::layernorm_gelu_forward(v.data(), s.data(), s.data(), v.data(), v.data(),
-                                                 nullptr, 2, 4, 1e-5f),
+    EXPECT_THROW(kernels::layernorm_gelu_forward(v.data(), v.data(), s.data(), s.data(), v.data(),
+                                                 v.data(), nullptr, 2, 4, 1e-5f),
                  Error);
     EXPECT_THROW(kernels::layernorm_gelu_backward(v.data(), v.data(), nullptr, v.data(), v.data(),
                                                   v.data(), v.data(), s.data(), s.data(), 2, 4),

@@ -58,6 +58,7 @@ void ConvStem::declare(Arena& params, const std::string& prefix) {
             u.conv_out = acts_.add(p + "conv_out", {rows, oc});
             u.mean = acts_.add(p + "mean", {rows});
             u.rstd = acts_.add(p + "rstd", {rows});
+            u.act_grad = acts_.add(p + "act_grad", {rows, oc});  // gelu' at the norm's output
             u.act = acts_.add(p + "act", {rows, oc});
             largest = std::max({largest, rows * oc, rows * ic});
         }
@@ -109,8 +110,9 @@ void ConvStem::forward(float* out, const float* images, int64_t B) {
                 u.conv->forward(a(u.conv_out), x, P(u.weight), P(u.bias), B);
             }
             MOE_PROFILE_SCOPE("stem_norm_act");
-            kernels::layernorm_gelu_forward(a(u.act), a(u.mean), a(u.rstd), a(u.conv_out),
-                                            P(u.norm_w), P(u.norm_b), rows, c, float(eps_));
+            kernels::layernorm_gelu_forward(a(u.act), a(u.act_grad), a(u.mean), a(u.rstd),
+                                            a(u.conv_out), P(u.norm_w), P(u.norm_b), rows, c,
+                                            float(eps_));
             x = a(u.act);
         }
         MOE_PROFILE_SCOPE("pool_fwd");
@@ -145,8 +147,8 @@ void ConvStem::backward(float* d_out, int64_t B) {
                 MOE_PROFILE_SCOPE("stem_norm_act");
                 // d(act) -> d(conv_out), in place: the fused kernel writes d_in.
                 kernels::layernorm_gelu_backward(d_act, G(u.norm_w), G(u.norm_b), d_act,
-                                                 a(u.conv_out), P(u.norm_w), P(u.norm_b), a(u.mean),
-                                                 a(u.rstd), n, oc);
+                                                 a(u.act_grad), a(u.conv_out), P(u.norm_w),
+                                                 a(u.mean), a(u.rstd), n, oc);
             }
             const bool first = s == 0 && j == 0;
             const float* in =

@@ -2,17 +2,18 @@
 // composition for double.
 //
 // The stem's unfused step made five passes over [N, C] each way: forward wrote the LayerNorm
-// output and read it back for GELU; backward zeroed a buffer, wrote GELU's gradient into it,
-// zeroed d_in, and read both for LayerNorm's backward. At the recipe's shape (B = 128,
-// 28x28x32 and 14x14x64, two convs each) that is 9.6M floats per call, and the profile put
-// LayerNorm + GELU at 69 ms of a 200 ms step. Here one row of C values (128 or 256 bytes)
-// stays in L1 between the row's passes, so memory sees `in` and `out` once forward and
-// `d_out`, `in` and `d_in` once backward.
+// output and read it back for GELU; backward zeroed a buffer, wrote GELU's gradient into it
+// (recomputing erfc and exp), zeroed d_in, and read both for LayerNorm's backward. At the
+// recipe's shape (B = 128; 28x28x32 and 14x14x64, two convs each) that is 9.6M values per
+// direction, and the profile put LayerNorm + GELU at 69 ms of a 200 ms step. Here forward
+// works in tiles of rows that stay in L1 (norm, then GELU and its slope over the tile), and
+// backward is two loops per row, with no transcendental: it reads d_out, grad and in once
+// and writes d_in once.
 //
-// Float rows follow kernels/cpu/norms.cpp (row statistics in double; the same float
-// expression for y) and kernels/cpu/activations.cpp (the same Phi and phi from vec_math.h),
-// so the fused forward gives the bits of layernorm_forward then gelu_forward; `omp simd`
-// vectorises every row loop (AVX-512 under -march=native, masked tails for C = 17 or 100).
+// The math is what the unfused kernels do (row statistics in double as kernels/cpu/norms.cpp,
+// the same float expression for y, Phi and phi from vec_math.h as kernels/cpu/activations.cpp),
+// so forward gives their bits; `omp simd` vectorises every loop (AVX-512 under -march=native,
+// masked tails for C = 17 or 100).
 //
 // d_weight and d_bias: rows are cut into fixed blocks of kBlockRows, each summed into its
 // own double slot by whichever thread runs it, then the slots are added in block order.
@@ -35,12 +36,15 @@ namespace moe::kernels {
 
 namespace {
 
-// A fork/join of the team costs a few us on 2 cores; a row of 32 takes ~60 ns forward
-// (GELU's erfc and two exps dominate), so 32k elements (~60 us) is where splitting pays.
+// A fork/join of the team costs a few us on 2 cores; forward takes ~3 ns per value on one
+// core (GELU's erfc fit and two exps dominate), so 32k values (~100 us) is where splitting
+// pays.
 constexpr int64_t kParallelMin = 32 * 1024;
 // Rows per parameter-gradient block: 392 blocks at the recipe's first stage (100352 rows),
 // plenty to balance 2 threads, and the [blocks, 2C] double slots stay at ~200 KB.
 constexpr int64_t kBlockRows = 256;
+// Values per tile of rows (see tile_rows).
+constexpr int64_t kTileValues = 1024;
 
 void check_args(const char* op, int64_t N, int64_t C, const void* weight, const void* bias) {
     MOE_CHECK(N >= 0 && C > 0, op, ": bad sizes N=", N, " C=", C);
@@ -56,10 +60,11 @@ double* block_scratch(int64_t n) {
     return buf.data();
 }
 
-// One row: statistics as kernels/cpu/norms.cpp's layernorm_row, then y and GELU in one loop.
-// out, x: [C]; w, b: [C]
-void forward_row(float* out, float* mean, float* rstd, const float* x, const float* w,
-                 const float* b, int64_t C, float eps) {
+// LayerNorm statistics of one row, as kernels/cpu/norms.cpp's layernorm_row, and
+// y = xhat * w + b written to y (the same float expression, so the same bits).
+// y, x: [C]; w, b: [C]
+void norm_row(float* y, float* mean, float* rstd, const float* x, const float* w, const float* b,
+              int64_t C, float eps) {
     double s = 0.0;
 #pragma omp simd reduction(+ : s)
     for (int64_t j = 0; j < C; ++j) s += double(x[j]);
@@ -72,56 +77,77 @@ void forward_row(float* out, float* mean, float* rstd, const float* x, const flo
     *mean = m;
     *rstd = rs;
 #pragma omp simd
-    for (int64_t j = 0; j < C; ++j) {
-        const float y = (x[j] - m) * rs * w[j] + b[j];
+    for (int64_t j = 0; j < C; ++j) y[j] = (x[j] - m) * rs * w[j] + b[j];
+}
+
+// Rows of a tile: each normalised into `out`, then GELU and its slope over the whole tile in
+// place. GELU runs as one flat loop over rows * C: inside a row loop of C = 32 (two 16-lane
+// vectors) its ~40-deep dependency chain left the forward 1.6x slower than the unfused
+// kernels (24.8 vs 15.1 ms at 100352 x 32 on one core); flat, it costs what gelu_forward does.
+// out, grad, x: [rows, C]; mean, rstd: [rows]
+void forward_tile(float* out, float* grad, float* mean, float* rstd, const float* x, const float* w,
+                  const float* b, int64_t rows, int64_t C, float eps) {
+    for (int64_t r = 0; r < rows; ++r)
+        norm_row(out + r * C, mean + r, rstd + r, x + r * C, w, b, C, eps);
+#pragma omp simd
+    for (int64_t i = 0; i < rows * C; ++i) {
+        const float y = out[i];
         float cdf, pdf;
         cpu::normal_cdf_pdf_f32(y, cdf, pdf);
-        out[j] = y * cdf;
+        out[i] = y * cdf;
+        grad[i] = std::fma(y, pdf, cdf);
     }
 }
 
-// One row backward. First loop: g_pre = d_out * gelu'(y) (y recomputed), parked in dx (the
-// row is in L1 for the second loop; dx may be dy: element j is read before it is written),
-// the two LayerNorm dot products and the parameter-gradient terms. Second loop:
-//   dx_j = rs * (g_pre_j w_j - mean(g_pre w) - xhat_j mean(g_pre w xhat)).
-// dx, dy, x: [C]; dw, db: [C] double slots; w, b: [C]
-void backward_row(float* dx, double* dw, double* db, const float* dy, const float* x,
-                  const float* w, const float* b, float m, float rs, int64_t C) {
-    double sg = 0.0, sgx = 0.0;
+// Rows of a tile backward: g = d_out * gelu'(y) from the saved slope (dx may be dy: each row
+// is read before it is written), the two LayerNorm dot products and the parameter-gradient
+// terms, then
+//   dx_j = rs * (g_j w_j - mean(g w) - xhat_j mean(g w xhat)).
+// dx, dy, grad, x: [rows, C]; dw, db: [C] double slots; mean, rstd: [rows]
+void backward_rows_of(float* dx, double* dw, double* db, const float* dy, const float* grad,
+                      const float* x, const float* w, const float* mean, const float* rstd,
+                      int64_t rows, int64_t C) {
+    for (int64_t r = 0; r < rows; ++r) {
+        const float m = mean[r], rs = rstd[r];
+        const float *xr = x + r * C, *dyr = dy + r * C, *gr = grad + r * C;
+        float* dxr = dx + r * C;
+        double sg = 0.0, sgx = 0.0;
 #pragma omp simd reduction(+ : sg, sgx)
-    for (int64_t j = 0; j < C; ++j) {
-        const float xhat = (x[j] - m) * rs;
-        const float y = xhat * w[j] + b[j];
-        float cdf, pdf;
-        cpu::normal_cdf_pdf_f32(y, cdf, pdf);
-        const float gp = dy[j] * std::fma(y, pdf, cdf);
-        dx[j] = gp;
-        const float g = gp * w[j];
-        sg += double(g);
-        sgx += double(g) * double(xhat);
-        dw[j] += double(gp * xhat);
-        db[j] += double(gp);
-    }
-    const float mg = float(sg / double(C)), mgx = float(sgx / double(C));
+        for (int64_t j = 0; j < C; ++j) {
+            const float xhat = (xr[j] - m) * rs;
+            const float g = dyr[j] * gr[j];
+            dxr[j] = g;
+            const float gw = g * w[j];
+            sg += double(gw);
+            sgx += double(gw) * double(xhat);
+            dw[j] += double(g * xhat);
+            db[j] += double(g);
+        }
+        const float mg = float(sg / double(C)), mgx = float(sgx / double(C));
 #pragma omp simd
-    for (int64_t j = 0; j < C; ++j) {
-        const float xhat = (x[j] - m) * rs;
-        dx[j] = rs * (dx[j] * w[j] - mg - xhat * mgx);
+        for (int64_t j = 0; j < C; ++j) {
+            const float xhat = (xr[j] - m) * rs;
+            dxr[j] = rs * (dxr[j] * w[j] - mg - xhat * mgx);
+        }
     }
+}
+
+// Rows per forward tile: ~1024 values (4 KiB per array, all in L1 between the two steps).
+int64_t tile_rows(int64_t C) {
+    return std::max<int64_t>(1, kTileValues / C);
 }
 
 // Rows [0, N) of one reduction group: d_in written, d_weight and d_bias += their sums.
-void backward_rows(float* d_in, float* d_weight, float* d_bias, const float* d_out, const float* in,
-                   const float* weight, const float* bias, const float* mean, const float* rstd,
-                   int64_t N, int64_t C) {
+void backward_rows(float* d_in, float* d_weight, float* d_bias, const float* d_out,
+                   const float* grad, const float* in, const float* weight, const float* mean,
+                   const float* rstd, int64_t N, int64_t C) {
     const int64_t nb = (N + kBlockRows - 1) / kBlockRows;
     double* dw = block_scratch(2 * nb * C);  // [nb, C] gain slots, then [nb, C] bias slots
     double* db = dw + nb * C;
     parallel_for(nb, N * C > kParallelMin, [&](int64_t blk) {
-        const int64_t end = std::min(N, (blk + 1) * kBlockRows);
-        for (int64_t n = blk * kBlockRows; n < end; ++n)
-            backward_row(d_in + n * C, dw + blk * C, db + blk * C, d_out + n * C, in + n * C,
-                         weight, bias, mean[n], rstd[n], C);
+        const int64_t n = blk * kBlockRows, rows = std::min(kBlockRows, N - n);
+        backward_rows_of(d_in + n * C, dw + blk * C, db + blk * C, d_out + n * C, grad + n * C,
+                         in + n * C, weight, mean + n, rstd + n, rows, C);
     });
     for (int64_t j = 0; j < C; ++j) {
         double sw = 0.0, sb = 0.0;
@@ -136,84 +162,77 @@ void backward_rows(float* d_in, float* d_weight, float* d_bias, const float* d_o
 // ---- reference: the unfused composition -----------------------------------------------------
 
 template <class R>
-void layernorm_gelu_forward_reference(R* out, R* mean, R* rstd, const R* in, const R* weight,
-                                      const R* bias, int64_t N, int64_t C, R eps) {
+void layernorm_gelu_forward_reference(R* out, R* grad, R* mean, R* rstd, const R* in,
+                                      const R* weight, const R* bias, int64_t N, int64_t C, R eps) {
     check_args("layernorm_gelu_forward_reference", N, C, weight, bias);
-    std::vector<R> y(size_t(N * C));  // the LayerNorm output, GELU's input
+    std::vector<R> y(size_t(N * C)), ones(size_t(N * C), R(1));  // y: GELU's input
     layernorm_forward_reference(y.data(), mean, rstd, in, weight, bias, N, C, eps);
     gelu_forward_reference(out, y.data(), N * C);
+    std::fill(grad, grad + N * C, R(0));
+    gelu_backward_reference(grad, ones.data(), y.data(), N * C);  // 0 + 1 * gelu'(y)
 }
 
 template <class R>
-void layernorm_gelu_backward_reference(R* d_in, R* d_weight, R* d_bias, const R* d_out, const R* in,
-                                       const R* weight, const R* bias, const R* mean, const R* rstd,
-                                       int64_t N, int64_t C) {
-    check_args("layernorm_gelu_backward_reference", N, C, weight, bias);
-    // y from the saved statistics, rounded to R as the forward stored it.
-    std::vector<R> y(size_t(N * C)), d_y(size_t(N * C), R(0));
-    for (int64_t n = 0; n < N; ++n)
-        for (int64_t j = 0; j < C; ++j)
-            y[size_t(n * C + j)] =
-                R((double(in[n * C + j]) - double(mean[n])) * double(rstd[n]) * double(weight[j]) +
-                  double(bias[j]));
-    gelu_backward_reference(d_y.data(), d_out, y.data(), N * C);
+void layernorm_gelu_backward_reference(R* d_in, R* d_weight, R* d_bias, const R* d_out,
+                                       const R* grad, const R* in, const R* weight, const R* mean,
+                                       const R* rstd, int64_t N, int64_t C) {
+    check_args("layernorm_gelu_backward_reference", N, C, weight, weight);
+    std::vector<R> d_y(size_t(N * C));
+    for (int64_t i = 0; i < N * C; ++i) d_y[size_t(i)] = d_out[i] * grad[i];
     std::fill(d_in, d_in + N * C, R(0));  // written, not accumulated (d_out is read above)
     layernorm_backward_reference(d_in, d_weight, d_bias, d_y.data(), in, weight, mean, rstd, N, C);
 }
 
-template void layernorm_gelu_forward_reference<float>(float*, float*, float*, const float*,
-                                                      const float*, const float*, int64_t, int64_t,
-                                                      float);
-template void layernorm_gelu_forward_reference<double>(double*, double*, double*, const double*,
-                                                       const double*, const double*, int64_t,
-                                                       int64_t, double);
-template void layernorm_gelu_backward_reference<float>(float*, float*, float*, const float*,
-                                                       const float*, const float*, const float*,
-                                                       const float*, const float*, int64_t,
-                                                       int64_t);
-template void layernorm_gelu_backward_reference<double>(double*, double*, double*, const double*,
-                                                        const double*, const double*, const double*,
-                                                        const double*, const double*, int64_t,
-                                                        int64_t);
+#define MOE_INSTANTIATE(R)                                                                \
+    template void layernorm_gelu_forward_reference<R>(R*, R*, R*, R*, const R*, const R*, \
+                                                      const R*, int64_t, int64_t, R);     \
+    template void layernorm_gelu_backward_reference<R>(                                   \
+        R*, R*, R*, const R*, const R*, const R*, const R*, const R*, const R*, int64_t, int64_t);
+MOE_INSTANTIATE(float)
+MOE_INSTANTIATE(double)
+#undef MOE_INSTANTIATE
 
 // ---- float (optimised) and double (reference) entry points -----------------------------------
 
-// in[N, C], weight[C], bias[C] -> out[N, C], mean[N], rstd[N]. Rows are independent.
-void layernorm_gelu_forward(float* out, float* mean, float* rstd, const float* in,
+// in[N, C], weight[C], bias[C] -> out[N, C], grad[N, C], mean[N], rstd[N]. Rows independent.
+void layernorm_gelu_forward(float* out, float* grad, float* mean, float* rstd, const float* in,
                             const float* weight, const float* bias, int64_t N, int64_t C,
                             float eps) {
     check_args("layernorm_gelu_forward", N, C, weight, bias);
-    parallel_for(N, N * C > kParallelMin, [&](int64_t n) {
-        forward_row(out + n * C, mean + n, rstd + n, in + n * C, weight, bias, C, eps);
+    const int64_t tr = tile_rows(C), tiles = (N + tr - 1) / tr;
+    parallel_for(tiles, N * C > kParallelMin, [&](int64_t t) {
+        const int64_t n = t * tr, rows = std::min(tr, N - n);
+        forward_tile(out + n * C, grad + n * C, mean + n, rstd + n, in + n * C, weight, bias, rows,
+                     C, eps);
     });
 }
 
-void layernorm_gelu_forward(double* out, double* mean, double* rstd, const double* in,
+void layernorm_gelu_forward(double* out, double* grad, double* mean, double* rstd, const double* in,
                             const double* weight, const double* bias, int64_t N, int64_t C,
                             double eps) {
-    layernorm_gelu_forward_reference(out, mean, rstd, in, weight, bias, N, C, eps);
+    layernorm_gelu_forward_reference(out, grad, mean, rstd, in, weight, bias, N, C, eps);
 }
 
-// d_out[N, C], in[N, C], weight[C], bias[C], mean[N], rstd[N] -> d_in[N, C] (written; may be
-// d_out), d_weight[C] (+=), d_bias[C] (+=).
+// d_out[N, C], grad[N, C], in[N, C], weight[C], mean[N], rstd[N] -> d_in[N, C] (written; may
+// be d_out), d_weight[C] (+=), d_bias[C] (+=).
 void layernorm_gelu_backward(float* d_in, float* d_weight, float* d_bias, const float* d_out,
-                             const float* in, const float* weight, const float* bias,
+                             const float* grad, const float* in, const float* weight,
                              const float* mean, const float* rstd, int64_t N, int64_t C) {
-    check_args("layernorm_gelu_backward", N, C, weight, bias);
+    check_args("layernorm_gelu_backward", N, C, weight, weight);
     MOE_CHECK(d_weight && d_bias, "layernorm_gelu_backward: needs d_weight and d_bias");
     // In the canonical order of kernels/grouped_reduce.h, as layernorm_backward: R
     // data-parallel ranks get the bits of one process.
     grouped_rows_reduce_pair(
         d_weight, d_bias, C, N, [&](float* dw, float* db, int64_t first, int64_t rows) {
-            backward_rows(d_in + first * C, dw, db, d_out + first * C, in + first * C, weight, bias,
-                          mean + first, rstd + first, rows, C);
+            backward_rows(d_in + first * C, dw, db, d_out + first * C, grad + first * C,
+                          in + first * C, weight, mean + first, rstd + first, rows, C);
         });
 }
 
 void layernorm_gelu_backward(double* d_in, double* d_weight, double* d_bias, const double* d_out,
-                             const double* in, const double* weight, const double* bias,
+                             const double* grad, const double* in, const double* weight,
                              const double* mean, const double* rstd, int64_t N, int64_t C) {
-    layernorm_gelu_backward_reference(d_in, d_weight, d_bias, d_out, in, weight, bias, mean, rstd,
+    layernorm_gelu_backward_reference(d_in, d_weight, d_bias, d_out, grad, in, weight, mean, rstd,
                                       N, C);
 }
 
