@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 
 #include "core/check.h"
 #include "core/profile.h"
@@ -129,19 +128,16 @@ void ConvStem::backward(float* d_out, int64_t B) {
     float* d_cur = d_out;  // gradient of the current stage's output
     for (size_t s = stages_.size(); s-- > 0;) {
         Stage& st = stages_[s];
-        const ConvUnit& last = st.units.back();
-        const int64_t rows = B * last.pixels_per_image, c = last.shape.out_channels;
         // Through the pooling: d(act of the stage's last conv).
         float* d_act = a(d_a_) == d_cur ? a(d_b_) : a(d_a_);
         {
             MOE_PROFILE_SCOPE("pool_bwd");
-            std::memset(d_act, 0, size_t(rows * c) * sizeof(float));
-            st.pool->backward(d_act, d_cur, acts_.get(st.workspace).data, B);
+            // Overwrites d_act (zeros off the maxima): no zeroing pass first.
+            st.pool->backward(d_act, d_cur, acts_.get(st.workspace).data, B, false);
         }
         for (size_t j = st.units.size(); j-- > 0;) {
             ConvUnit& u = st.units[j];
             const int64_t n = B * u.pixels_per_image, oc = u.shape.out_channels;
-            const int64_t ic = u.shape.in_channels;
             float* d_other = d_act == a(d_a_) ? a(d_b_) : a(d_a_);
             {
                 MOE_PROFILE_SCOPE("stem_norm_act");
@@ -154,9 +150,9 @@ void ConvStem::backward(float* d_out, int64_t B) {
             const float* in =
                 first ? images_ : (j > 0 ? a(st.units[j - 1].act) : a(stages_[s - 1].pooled));
             MOE_PROFILE_SCOPE("conv_bwd");
-            if (!first) std::memset(d_other, 0, size_t(n * ic) * sizeof(float));
+            // d_other is overwritten (accumulate_d_in = false): no zeroing pass first.
             u.conv->backward(first ? nullptr : d_other, G(u.weight), G(u.bias), d_act, in,
-                             P(u.weight), B);
+                             P(u.weight), B, false);
             d_act = d_other;  // d(this conv's input) = d(previous unit's act or pooled)
         }
         d_cur = d_act;  // d(previous stage's pooled output)
