@@ -46,9 +46,10 @@ constexpr int64_t kBlockRows = 256;
 // Values per tile of rows (see tile_rows).
 constexpr int64_t kTileValues = 1024;
 
-void check_args(const char* op, int64_t N, int64_t C, const void* weight, const void* bias) {
+// pointers: whether every parameter (forward) or parameter and gradient (backward) is there.
+void check_args(const char* op, int64_t N, int64_t C, bool pointers) {
     MOE_CHECK(N >= 0 && C > 0, op, ": bad sizes N=", N, " C=", C);
-    MOE_CHECK(weight && bias, op, ": needs a weight and a bias");
+    MOE_CHECK(pointers, op, ": a weight, bias or gradient pointer is null");
 }
 
 // n zeroed doubles, kept per calling thread between calls (a training step allocates nothing
@@ -164,7 +165,7 @@ void backward_rows(float* d_in, float* d_weight, float* d_bias, const float* d_o
 template <class R>
 void layernorm_gelu_forward_reference(R* out, R* grad, R* mean, R* rstd, const R* in,
                                       const R* weight, const R* bias, int64_t N, int64_t C, R eps) {
-    check_args("layernorm_gelu_forward_reference", N, C, weight, bias);
+    check_args("layernorm_gelu_forward_reference", N, C, weight && bias);
     std::vector<R> y(size_t(N * C)), ones(size_t(N * C), R(1));  // y: GELU's input
     layernorm_forward_reference(y.data(), mean, rstd, in, weight, bias, N, C, eps);
     gelu_forward_reference(out, y.data(), N * C);
@@ -176,7 +177,7 @@ template <class R>
 void layernorm_gelu_backward_reference(R* d_in, R* d_weight, R* d_bias, const R* d_out,
                                        const R* grad, const R* in, const R* weight, const R* mean,
                                        const R* rstd, int64_t N, int64_t C) {
-    check_args("layernorm_gelu_backward_reference", N, C, weight, weight);
+    check_args("layernorm_gelu_backward_reference", N, C, weight && d_weight && d_bias);
     std::vector<R> d_y(size_t(N * C));
     for (int64_t i = 0; i < N * C; ++i) d_y[size_t(i)] = d_out[i] * grad[i];
     std::fill(d_in, d_in + N * C, R(0));  // written, not accumulated (d_out is read above)
@@ -198,7 +199,7 @@ MOE_INSTANTIATE(double)
 void layernorm_gelu_forward(float* out, float* grad, float* mean, float* rstd, const float* in,
                             const float* weight, const float* bias, int64_t N, int64_t C,
                             float eps) {
-    check_args("layernorm_gelu_forward", N, C, weight, bias);
+    check_args("layernorm_gelu_forward", N, C, weight && bias);
     const int64_t tr = tile_rows(C), tiles = (N + tr - 1) / tr;
     parallel_for(tiles, N * C > kParallelMin, [&](int64_t t) {
         const int64_t n = t * tr, rows = std::min(tr, N - n);
@@ -218,8 +219,7 @@ void layernorm_gelu_forward(double* out, double* grad, double* mean, double* rst
 void layernorm_gelu_backward(float* d_in, float* d_weight, float* d_bias, const float* d_out,
                              const float* grad, const float* in, const float* weight,
                              const float* mean, const float* rstd, int64_t N, int64_t C) {
-    check_args("layernorm_gelu_backward", N, C, weight, weight);
-    MOE_CHECK(d_weight && d_bias, "layernorm_gelu_backward: needs d_weight and d_bias");
+    check_args("layernorm_gelu_backward", N, C, weight && d_weight && d_bias);
     // In the canonical order of kernels/grouped_reduce.h, as layernorm_backward: R
     // data-parallel ranks get the bits of one process.
     grouped_rows_reduce_pair(
