@@ -311,6 +311,24 @@ TEST_P(Conv2dBehaviour, BackwardAccumulates) {
     EXPECT_EQ(acc_b, expect_b);
 }
 
+// accumulate_d_in = false writes d_in (garbage before the call must not survive, in every
+// layout: straight into the caller's memory or through a plain reorder) while the parameter
+// gradients still accumulate; the results are the accumulating ones on zeros, bit for bit.
+TEST_P(Conv2dBehaviour, BackwardCanOverwriteTheInputGradient) {
+    std::vector<float> d_in(in.size(), 0.0f), d_w(w.size(), 0.0f), d_b(b.size(), 0.0f);
+    conv.backward(d_in.data(), d_w.data(), d_b.data(), dy.data(), in.data(), w.data(), B);
+    std::vector<float> over(in.size(), std::numeric_limits<float>::quiet_NaN());
+    auto acc_w = test::random_normal_f32(w.size(), 8), acc_b = test::random_normal_f32(b.size(), 9);
+    auto expect_w = acc_w, expect_b = acc_b;
+    for (size_t i = 0; i < d_w.size(); ++i) expect_w[i] += d_w[i];
+    for (size_t i = 0; i < d_b.size(); ++i) expect_b[i] += d_b[i];
+    conv.backward(over.data(), acc_w.data(), acc_b.data(), dy.data(), in.data(), w.data(), B,
+                  false);
+    EXPECT_EQ(over, d_in);
+    EXPECT_EQ(acc_w, expect_w);
+    EXPECT_EQ(acc_b, expect_b);
+}
+
 TEST_P(Conv2dBehaviour, NullGradientsSkipOnlyThose) {
     std::vector<float> d_in(in.size(), 0.0f), d_w(w.size(), 0.0f), d_b(b.size(), 0.0f);
     conv.backward(d_in.data(), d_w.data(), d_b.data(), dy.data(), in.data(), w.data(), B);

@@ -3,6 +3,7 @@
 // reference, the workspace, accumulation, batch-size caching and shape errors.
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "nn/pool2d.h"
 #include "test_support.h"
@@ -111,6 +112,19 @@ TEST_F(MaxPool2dBehaviour, BackwardAccumulates) {
     for (size_t i = 0; i < acc.size(); ++i) expect[i] += d_in[i];
     pool.backward(acc.data(), dy.data(), ws.data(), B);
     EXPECT_EQ(acc, expect);
+}
+
+// accumulate = false writes every element of d_in: the window maxima get d_out, the rest 0,
+// including row 8 of the 9 rows, which no 2x2 window covers. Garbage (NaN) before the call
+// must not survive, and the result is the accumulating one's on zeros, bit for bit.
+TEST_F(MaxPool2dBehaviour, BackwardCanOverwrite) {
+    std::vector<float> y(out_size(s, B)), d_in(in.size(), 0.0f);
+    std::vector<unsigned char> ws(pool.workspace_bytes(B));
+    pool.forward(y.data(), ws.data(), in.data(), B);
+    pool.backward(d_in.data(), dy.data(), ws.data(), B);
+    std::vector<float> over(in.size(), std::numeric_limits<float>::quiet_NaN());
+    pool.backward(over.data(), dy.data(), ws.data(), B, false);
+    EXPECT_EQ(over, d_in);
 }
 
 TEST_F(MaxPool2dBehaviour, WorkspacesOfTwoForwardsAreIndependent) {

@@ -301,7 +301,7 @@ void weight_gradients(Conv2d::Plan& p, dnnl::stream& stream, const dnnl::memory&
 }  // namespace
 
 void Conv2d::backward(float* d_in, float* d_weight, float* d_bias, const float* d_out,
-                      const float* in, const float* weight, int64_t B) {
+                      const float* in, const float* weight, int64_t B, bool accumulate_d_in) {
     MOE_CHECK(B >= 0, "conv2d: negative batch ", B, " (", shape_.str(), ")");
     if (B == 0) return;
     const auto& s = shape_;
@@ -317,9 +317,9 @@ void Conv2d::backward(float* d_in, float* d_weight, float* d_bias, const float* 
         cpu::execute(p.bwd_data, st.stream,
                      {{DNNL_ARG_DIFF_DST, ddst.get()},
                       {DNNL_ARG_WEIGHTS, w.get()},
-                      {DNNL_ARG_DIFF_SRC, p.bd_dsrc.inner.get()},
+                      {DNNL_ARG_DIFF_SRC, p.bd_dsrc.target(d_in, accumulate_d_in).get()},
                       {DNNL_ARG_SCRATCHPAD, sp.get()}});
-        p.bd_dsrc.finish(d_in, st.stream, sp);
+        p.bd_dsrc.finish(d_in, st.stream, sp, accumulate_d_in);
     }
     if (g == 1)
         return weight_gradients(plan(B), st.stream, st.scratch_mem, d_weight, d_bias, d_out, in);

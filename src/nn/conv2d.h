@@ -108,8 +108,10 @@ class Conv2d {
     // d_in[B, H, W, IC] += ... (nullable: a first layer needs no input gradient);
     // d_weight[OC, IC, K, K] += ...; d_bias[OC] += ... (nullable).
     // d_out: [B, OH, OW, OC]; in: [B, H, W, IC]; weight: [OC, IC, K, K].
+    // accumulate_d_in = false: d_in = ... instead (only d_in: the parameter gradients always
+    // accumulate), which spares the caller zeroing d_in first.
     void backward(float* d_in, float* d_weight, float* d_bias, const float* d_out, const float* in,
-                  const float* weight, int64_t B);
+                  const float* weight, int64_t B, bool accumulate_d_in = true);
 
     // oneDNN's implementation names for batch B (building the primitives if needed), e.g.
     // "fwd brgconv:avx512_core, bwd_data jit:avx512_core, bwd_weights jit:avx512_core": for

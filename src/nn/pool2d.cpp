@@ -207,7 +207,8 @@ void MaxPool2d::forward(float* out, void* workspace, const float* in, int64_t B)
     }
 }
 
-void MaxPool2d::backward(float* d_in, const float* d_out, const void* workspace, int64_t B) {
+void MaxPool2d::backward(float* d_in, const float* d_out, const void* workspace, int64_t B,
+                         bool accumulate) {
     MOE_CHECK(B >= 0, "max_pool2d: negative batch ", B, " (", shape_.str(), ")");
     if (B == 0) return;
     MOE_CHECK(workspace, "max_pool2d: backward needs the workspace of a training forward (",
@@ -219,9 +220,9 @@ void MaxPool2d::backward(float* d_in, const float* d_out, const void* workspace,
     cpu::execute(p.bwd, st.stream,
                  {{DNNL_ARG_DIFF_DST, p.diff_dst.get()},
                   {DNNL_ARG_WORKSPACE, p.workspace.get()},
-                  {DNNL_ARG_DIFF_SRC, p.diff_src.inner.get()},
+                  {DNNL_ARG_DIFF_SRC, p.diff_src.target(d_in, accumulate).get()},
                   {DNNL_ARG_SCRATCHPAD, st.scratch_mem.get()}});
-    p.diff_src.finish(d_in, st.stream, st.scratch_mem);
+    p.diff_src.finish(d_in, st.stream, st.scratch_mem, accumulate);
 }
 
 }  // namespace moe::nn

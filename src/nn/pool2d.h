@@ -72,8 +72,10 @@ class MaxPool2d {
     // written for backward; null for inference (no backward will follow).
     void forward(float* out, void* workspace, const float* in, int64_t B);
     // d_in[B, H, W, C] += d_out[B, OH, OW, C] sent to each window's maximum, as recorded in
-    // the workspace by forward on the same batch.
-    void backward(float* d_in, const float* d_out, const void* workspace, int64_t B);
+    // the workspace by forward on the same batch. accumulate = false: d_in = that instead
+    // (every element written, zeros off the maxima): no zeroing pass before the call.
+    void backward(float* d_in, const float* d_out, const void* workspace, int64_t B,
+                  bool accumulate = true);
 
     // oneDNN's implementation names for batch B: for benchmarks and reports.
     std::string implementations(int64_t B);

@@ -2,13 +2,11 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 
 #include "core/check.h"
 #include "core/profile.h"
 #include "core/rng.h"
-#include "kernels/activations.h"
-#include "kernels/norms.h"
+#include "kernels/layernorm_gelu.h"
 
 namespace moe::vision {
 
@@ -59,7 +57,7 @@ void ConvStem::declare(Arena& params, const std::string& prefix) {
             u.conv_out = acts_.add(p + "conv_out", {rows, oc});
             u.mean = acts_.add(p + "mean", {rows});
             u.rstd = acts_.add(p + "rstd", {rows});
-            u.norm_out = acts_.add(p + "norm_out", {rows, oc});
+            u.act_grad = acts_.add(p + "act_grad", {rows, oc});  // gelu' at the norm's output
             u.act = acts_.add(p + "act", {rows, oc});
             largest = std::max({largest, rows * oc, rows * ic});
         }
@@ -111,9 +109,9 @@ void ConvStem::forward(float* out, const float* images, int64_t B) {
                 u.conv->forward(a(u.conv_out), x, P(u.weight), P(u.bias), B);
             }
             MOE_PROFILE_SCOPE("stem_norm_act");
-            kernels::layernorm_forward(a(u.norm_out), a(u.mean), a(u.rstd), a(u.conv_out),
-                                       P(u.norm_w), P(u.norm_b), rows, c, float(eps_));
-            kernels::gelu_forward(a(u.act), a(u.norm_out), rows * c);
+            kernels::layernorm_gelu_forward(a(u.act), a(u.act_grad), a(u.mean), a(u.rstd),
+                                            a(u.conv_out), P(u.norm_w), P(u.norm_b), rows, c,
+                                            float(eps_));
             x = a(u.act);
         }
         MOE_PROFILE_SCOPE("pool_fwd");
@@ -130,36 +128,31 @@ void ConvStem::backward(float* d_out, int64_t B) {
     float* d_cur = d_out;  // gradient of the current stage's output
     for (size_t s = stages_.size(); s-- > 0;) {
         Stage& st = stages_[s];
-        const ConvUnit& last = st.units.back();
-        const int64_t rows = B * last.pixels_per_image, c = last.shape.out_channels;
         // Through the pooling: d(act of the stage's last conv).
         float* d_act = a(d_a_) == d_cur ? a(d_b_) : a(d_a_);
         {
             MOE_PROFILE_SCOPE("pool_bwd");
-            std::memset(d_act, 0, size_t(rows * c) * sizeof(float));
-            st.pool->backward(d_act, d_cur, acts_.get(st.workspace).data, B);
+            // Overwrites d_act (zeros off the maxima): no zeroing pass first.
+            st.pool->backward(d_act, d_cur, acts_.get(st.workspace).data, B, false);
         }
         for (size_t j = st.units.size(); j-- > 0;) {
             ConvUnit& u = st.units[j];
             const int64_t n = B * u.pixels_per_image, oc = u.shape.out_channels;
-            const int64_t ic = u.shape.in_channels;
             float* d_other = d_act == a(d_a_) ? a(d_b_) : a(d_a_);
             {
                 MOE_PROFILE_SCOPE("stem_norm_act");
-                // d_act -> d(norm_out) in d_other -> d(conv_out) in d_act.
-                std::memset(d_other, 0, size_t(n * oc) * sizeof(float));
-                kernels::gelu_backward(d_other, d_act, a(u.norm_out), n * oc);
-                std::memset(d_act, 0, size_t(n * oc) * sizeof(float));
-                kernels::layernorm_backward(d_act, G(u.norm_w), G(u.norm_b), d_other, a(u.conv_out),
-                                            P(u.norm_w), a(u.mean), a(u.rstd), n, oc);
+                // d(act) -> d(conv_out), in place: the fused kernel writes d_in.
+                kernels::layernorm_gelu_backward(d_act, G(u.norm_w), G(u.norm_b), d_act,
+                                                 a(u.act_grad), a(u.conv_out), P(u.norm_w),
+                                                 a(u.mean), a(u.rstd), n, oc);
             }
             const bool first = s == 0 && j == 0;
             const float* in =
                 first ? images_ : (j > 0 ? a(st.units[j - 1].act) : a(stages_[s - 1].pooled));
             MOE_PROFILE_SCOPE("conv_bwd");
-            if (!first) std::memset(d_other, 0, size_t(n * ic) * sizeof(float));
+            // d_other is overwritten (accumulate_d_in = false): no zeroing pass first.
             u.conv->backward(first ? nullptr : d_other, G(u.weight), G(u.bias), d_act, in,
-                             P(u.weight), B);
+                             P(u.weight), B, false);
             d_act = d_other;  // d(this conv's input) = d(previous unit's act or pooled)
         }
         d_cur = d_act;  // d(previous stage's pooled output)

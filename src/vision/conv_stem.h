@@ -6,9 +6,11 @@
 //
 // Activations are NHWC (channels last), so the last stage's output [B, h, w, c] is directly
 // B*h*w tokens of c features. LayerNorm over the channels of each pixel (as ConvNeXt does)
-// instead of BatchNorm: it needs no running statistics and no train/eval switch, and
-// reuses the transformer's kernel. Parameter names: stem.S.J.conv.weight [c_out, c_in, 3, 3]
-// (PyTorch's layout), stem.S.J.conv.bias, stem.S.J.norm.weight, stem.S.J.norm.bias.
+// instead of BatchNorm: it needs no running statistics and no train/eval switch. The norm and
+// the GELU run as one fused kernel (kernels/layernorm_gelu.h), which saves GELU's slope for
+// backward instead of the normalised values. Parameter names:
+// stem.S.J.conv.weight [c_out, c_in, 3, 3] (PyTorch's layout), stem.S.J.conv.bias,
+// stem.S.J.norm.weight, stem.S.J.norm.bias.
 #pragma once
 
 #include <cstdint>
@@ -51,7 +53,7 @@ class ConvStem {
         nn::Conv2dShape shape;
         std::unique_ptr<nn::Conv2d> conv;
         int weight = -1, bias = -1, norm_w = -1, norm_b = -1;              // parameters
-        int conv_out = -1, mean = -1, rstd = -1, norm_out = -1, act = -1;  // activations
+        int conv_out = -1, mean = -1, rstd = -1, act_grad = -1, act = -1;  // activations
         int64_t pixels_per_image = 0;                                      // h * w
     };
     struct Stage {

@@ -59,37 +59,6 @@ void for_chunks(int64_t n, const Body& body) {
     return s * std::fma(x, one_minus_s, 1.0f);
 }
 
-// Phi(x) (the normal CDF) and phi(x) (its density) for one float lane.
-// Phi(x) = erfc(-x / sqrt 2) / 2: for x < 0 it is the small erfc tail, computed with its
-// relative accuracy, and for x >= 0 it is 1 - erfc(x / sqrt 2) / 2, which never cancels.
-[[gnu::always_inline]] inline void normal_cdf_pdf_f32(float x, float& cdf, float& pdf) {
-    // Beyond |x| = 20 both are exactly 0 or 1 in float (Phi(-20) = 3e-89); clamping keeps
-    // x^2 finite, so x = +-inf gives Phi = 1 or 0 as the reference does. NaN passes.
-    x = x < -20.0f ? -20.0f : x;
-    x = x > 20.0f ? 20.0f : x;
-    const float z = std::fabs(x) * 0.70710678118654752f;
-    const float t = 1.0f / std::fma(0.5f, z, 1.0f);
-    float p = 0.17087277f;
-    p = std::fma(p, t, -0.82215223f);
-    p = std::fma(p, t, 1.48851587f);
-    p = std::fma(p, t, -1.13520398f);
-    p = std::fma(p, t, 0.27886807f);
-    p = std::fma(p, t, -0.18628806f);
-    p = std::fma(p, t, 0.09678418f);
-    p = std::fma(p, t, 0.37409196f);
-    p = std::fma(p, t, 1.00002368f);
-    p = std::fma(p, t, -1.26551223f);
-    // x^2 = sq + sq_err exactly (fma gives the rounding error of the product), so
-    // g = exp(-x^2 / 2) has relative error ~1 ulp even at x = 13, where rounding x^2 alone
-    // would cost 85 * 2^-24 / 2 = 2.5e-6 (~40 ulp).
-    const float sq = x * x;
-    const float sq_err = std::fma(x, x, -sq);
-    const float g = cpu::exp_f32(-0.5f * sq, -0.5f * sq_err);
-    const float half_erfc = 0.5f * t * g * cpu::exp_f32(p, 0.0f);
-    cdf = x < 0.0f ? half_erfc : 1.0f - half_erfc;
-    pdf = g * 0.39894228040143268f;  // 1 / sqrt(2 pi)
-}
-
 }  // namespace
 
 // ---- reference: plain loops, std:: math, instantiated for float and double ----
@@ -178,7 +147,7 @@ void gelu_forward(float* y, const float* x, int64_t n) {
 #pragma omp simd
         for (int64_t i = begin; i < end; ++i) {
             float cdf, pdf;
-            normal_cdf_pdf_f32(x[i], cdf, pdf);
+            cpu::normal_cdf_pdf_f32(x[i], cdf, pdf);
             y[i] = x[i] * cdf;
         }
     });
@@ -190,7 +159,7 @@ void gelu_backward(float* dx, const float* dy, const float* x, int64_t n) {
 #pragma omp simd
         for (int64_t i = begin; i < end; ++i) {
             float cdf, pdf;
-            normal_cdf_pdf_f32(x[i], cdf, pdf);
+            cpu::normal_cdf_pdf_f32(x[i], cdf, pdf);
             dx[i] += dy[i] * std::fma(x[i], pdf, cdf);
         }
     });

@@ -119,11 +119,20 @@ void Accumulate::init(const dnnl::memory::desc& user_md, const dnnl::memory::des
     buffer.reserve(have.get_size());
     inner = dnnl::memory(have, eng, buffer.data());
     add = make_reorder(have, user_md, true, scratch_bytes);
+    same = have == user_md;
+    if (!same) copy = make_reorder(have, user_md, false, scratch_bytes);
 }
 
-void Accumulate::finish(void* ptr, const dnnl::stream& s, const dnnl::memory& scratchpad) {
+const dnnl::memory& Accumulate::target(void* ptr, bool accumulate) {
     bind(user, ptr);
-    execute(add, s,
+    return !accumulate && same ? user : inner;
+}
+
+void Accumulate::finish(void* ptr, const dnnl::stream& s, const dnnl::memory& scratchpad,
+                        bool accumulate) {
+    bind(user, ptr);
+    if (!accumulate && same) return;  // the primitive wrote the caller's memory
+    execute(accumulate ? add : copy, s,
             {{DNNL_ARG_FROM, inner.get()},
              {DNNL_ARG_TO, user.get()},
              {DNNL_ARG_SCRATCHPAD, scratchpad.get()}});
