@@ -73,7 +73,7 @@ def synthetic(args):
                 out = args.out / f"p{p}" / f"{arch}_seed{seed}"
                 r = train_and_eval(args, "synthetic.json", arch, seed, out,
                                    sets + SYNTHETIC_SETS.get(arch, []))
-                if seed == 1:
+                if seed == 1 and arch != "shared_bottom":
                     inspect(args, out)
                 mse = [t["mse"] for t in r["tasks"]]
                 results.setdefault(str(p), {}).setdefault(arch, []).append(mse)
@@ -103,7 +103,7 @@ def real(args, name):
             # OMoE and the shared bottom take MMoE's recipe (the same sizes) with another arch.
             recipe = f"{name}_{'ple' if arch == 'ple' else 'mmoe'}.json"
             r = train_and_eval(args, recipe, arch, seed, out, REAL_SETS.get(arch, []))
-            if seed == 1:
+            if seed == 1 and arch != "shared_bottom":
                 inspect(args, out)
             metrics = {t["task"]: (t["auc"] if "auc" in t else t["rmse"]) for t in r["tasks"]}
             results.setdefault(arch, []).append(metrics)
