@@ -54,7 +54,7 @@ TEST(TabularSchema, JsonRoundTrip) {
     const json j = json::parse(R"({
         "categorical": [{"name": "workclass", "embed_dim": 8}, {"name": "user", "hash_buckets": 4096},
                         {"name": "zip", "embed_dim": 4, "min_count": 3}, "plain"],
-        "numeric": ["age", {"name": "hours"}],
+        "numeric": ["age", {"name": "hours"}, {"name": "gain", "transform": "log1p"}],
         "targets": [{"name": "income_50k", "kind": "binary", "weight": 1.0},
                     {"name": "rating", "kind": "regression", "weight": 0.5}],
         "bad_rows": "skip"})");
@@ -65,9 +65,11 @@ TEST(TabularSchema, JsonRoundTrip) {
     EXPECT_EQ(s.categorical[1].embed_dim, 8);  // the default
     EXPECT_EQ(s.categorical[2].min_count, 3);
     EXPECT_EQ(s.categorical[3].name, "plain");
-    ASSERT_EQ(s.numeric.size(), 2u);
+    ASSERT_EQ(s.numeric.size(), 3u);
     EXPECT_EQ(s.numeric[0].name, "age");
     EXPECT_EQ(s.numeric[1].name, "hours");
+    EXPECT_EQ(s.numeric[1].transform, "none");
+    EXPECT_EQ(s.numeric[2].transform, "log1p");
     ASSERT_EQ(s.n_tasks(), 2);
     EXPECT_EQ(s.targets[1].kind, TargetKind::regression);
     EXPECT_EQ(s.targets[1].weight, 0.5);
@@ -124,6 +126,10 @@ TEST(TabularSchema, ErrorsNameTheKey) {
                     {"d.bad_rows", "\"ignore\""}));
     EXPECT_TRUE(err(R"({"numeric": "a", )" + tgt + "}", {"d.numeric", "expected a list"}));
     EXPECT_TRUE(err("[1]", {"cfg.json: d", "expected an object"}));
+    EXPECT_TRUE(err(R"({"numeric": [{"name": "a", "transform": "log"}], )" + tgt + "}",
+                    {"d.numeric[0].transform", "\"log\""}));
+    EXPECT_TRUE(err(R"({"numeric": [{"name": "a", "transform": 1}], )" + tgt + "}",
+                    {"d.numeric[0].transform"}));
 
     TabularSchema s = small_schema();
     s.targets[0].weight = 0;
@@ -133,6 +139,20 @@ TEST(TabularSchema, ErrorsNameTheKey) {
 
 // ---------------------------------------------------------------------------------------
 // Reading rows.
+
+// transform "log1p" applies log(1 + x) as the row is read, before the standardisation is
+// fitted; a value <= -1 (outside log1p's domain) is a bad row naming file, line and column.
+TEST_F(TabularTable, Log1pTransformAppliesBeforeStandardising) {
+    TabularSchema s = small_schema();
+    s.numeric[0].transform = "log1p";
+    const RawTable t = read_table(s, write("color,size,label\nred,0,0\nred,99999,1\n"), true);
+    EXPECT_EQ(t.nums, (std::vector<double>{0.0, std::log1p(99999.0)}));
+    const TabularEncoding e = fit_encoding(s, t);
+    EXPECT_DOUBLE_EQ(e.mean[0], std::log1p(99999.0) / 2);
+    EXPECT_TRUE(
+        test::throws_error_with([&] { read_table(s, write("color,size,label\nred,-1,0\n"), true); },
+                                {"t.csv:2:", "\"size\"", "log1p", "-1"}));
+}
 
 TEST_F(TabularTable, ColumnsAreFoundByNameInAnyOrderAndExtrasIgnored) {
     const std::string p = write(

@@ -125,7 +125,11 @@ nlohmann::json to_json(const TabularSchema& s) {
                        {"embed_dim", c.embed_dim},
                        {"hash_buckets", c.hash_buckets},
                        {"min_count", c.min_count}});
-    for (const NumericColumn& c : s.numeric) num.push_back({{"name", c.name}});
+    for (const NumericColumn& c : s.numeric) {
+        json n = {{"name", c.name}};
+        if (c.transform != "none") n["transform"] = c.transform;
+        num.push_back(n);
+    }
     for (const TargetColumn& t : s.targets)
         tgt.push_back({{"name", t.name}, {"kind", target_kind_name(t.kind)}, {"weight", t.weight}});
     return {{"categorical", cat},
@@ -167,8 +171,17 @@ TabularSchema schema_from_json(const nlohmann::json& j, const std::string& where
             if (e.is_string()) {
                 c.name = e.get<std::string>();
             } else {
-                require_object(e, key, {"name"});
+                require_object(e, key, {"name", "transform"});
                 c.name = column_name(e, key);
+                if (e.contains("transform")) {
+                    MOE_REQUIRE(e["transform"].is_string(), key,
+                                ".transform must be \"none\" or \"log1p\", got ",
+                                io::json_excerpt(e["transform"]));
+                    c.transform = e["transform"].get<std::string>();
+                    MOE_REQUIRE(c.transform == "none" || c.transform == "log1p", key,
+                                ".transform must be \"none\" or \"log1p\", got \"", c.transform,
+                                "\"");
+                }
             }
             s.numeric.push_back(c);
         }

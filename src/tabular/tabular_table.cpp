@@ -99,6 +99,13 @@ RawTable read_table(const TabularSchema& s, const std::string& path, bool with_t
             } else if (!parse_field(v, &nums[f])) {
                 bad = detail::concat(path, ":", line, ": numeric column \"", s.numeric[f].name,
                                      "\": expected a finite number, got '", excerpt(v), "'");
+            } else if (s.numeric[f].transform == "log1p") {
+                if (nums[f] <= -1)
+                    bad =
+                        detail::concat(path, ":", line, ": numeric column \"", s.numeric[f].name,
+                                       "\": transform log1p needs a value > -1, got ", excerpt(v));
+                else
+                    nums[f] = std::log1p(nums[f]);
             }
         }
         for (size_t k = 0; bad.empty() && k < K; ++k) {

@@ -9,7 +9,7 @@
 //   {"categorical": ["occupation",
 //                    {"name": "workclass", "embed_dim": 8, "min_count": 1},
 //                    {"name": "user", "hash_buckets": 4096}],
-//    "numeric":     ["age", {"name": "hours"}],
+//    "numeric":     ["age", {"name": "hours"}, {"name": "gain", "transform": "log1p"}],
 //    "targets":     [{"name": "income_50k", "kind": "binary", "weight": 1.0},
 //                    {"name": "rating", "kind": "regression"}],
 //    "bad_rows":    "error"}
@@ -56,6 +56,10 @@ struct CategoricalColumn {
 
 struct NumericColumn {
     std::string name;
+    // Applied to the value as read, before standardising: "none" or "log1p" (log(1 + x), for
+    // heavy-tailed counts and amounts such as a capital gain that is 0 for most rows and up
+    // to 10^5 for a few; a value <= -1 is a bad row).
+    std::string transform = "none";
 };
 
 struct TargetColumn {
