@@ -112,7 +112,7 @@ std::vector<double> run_and_record(const tabular::MultitaskTrainConfig& cfg, tra
     return losses;
 }
 
-TEST(RowBatches, DependOnSeedAndStepAloneAndCoverEachEpoch) {
+TEST(RowBatches, DependOnSeedAndStepAloneAndReshuffleEachEpoch) {
     const tabular::RowBatches a(10, 4, 7), b(10, 4, 7), c(10, 4, 8);
     std::vector<int64_t> ra(4), rb(4), rc(4);
     // Batches 0..4 cover two epochs of 10 rows: every row exactly twice.
@@ -129,6 +129,14 @@ TEST(RowBatches, DependOnSeedAndStepAloneAndCoverEachEpoch) {
     EXPECT_EQ(ra, rb);
     c.rows_of(3, 0, 4, rc.data());
     EXPECT_NE(ra, rc);
+    // Each epoch has its own order: epochs 0 and 1 of 10 rows in batches of 5.
+    const tabular::RowBatches d(10, 5, 7);
+    std::vector<int64_t> e0(10), e1(10);
+    d.rows_of(0, 0, 5, e0.data());
+    d.rows_of(1, 0, 5, e0.data() + 5);
+    d.rows_of(2, 0, 5, e1.data());
+    d.rows_of(3, 0, 5, e1.data() + 5);
+    EXPECT_NE(e0, e1);
     // A rank's part is the matching slice of the whole batch.
     std::vector<int64_t> part(2);
     a.rows_of(3, 2, 2, part.data());
