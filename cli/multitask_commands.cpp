@@ -109,11 +109,13 @@ int run_multitask_eval(int argc, char** argv) {
         for (const auto& t : e.tasks) {
             nlohmann::json tj = {
                 {"task", t.name}, {"kind", tabular::target_kind_name(t.kind)}, {"loss", t.loss}};
-            if (t.kind == tabular::TargetKind::binary)
-                tj["auc"] = std::isnan(t.auc) ? nlohmann::json() : nlohmann::json(t.auc),
-                tj["log_loss"] = t.loss, tj["positive_rate"] = t.positive_rate;
-            else
-                tj["mse"] = t.mse, tj["rmse"] = t.rmse;
+            if (t.kind == tabular::TargetKind::binary) {
+                tj["auc"] = std::isnan(t.auc) ? nlohmann::json() : nlohmann::json(t.auc);
+                tj["positive_rate"] = t.positive_rate;  // "loss" is the log loss
+            } else {
+                tj["mse"] = t.mse;
+                tj["rmse"] = t.rmse;
+            }
             j["tasks"].push_back(tj);
         }
         std::printf("%s\n", j.dump().c_str());
