@@ -16,7 +16,8 @@ namespace {
 const char* kUsage =
     "usage: moe eval CHECKPOINT [options]\n"
     "\n"
-    "(For an image classifier's run: 'moe eval RUN --help' shows its options.)\n"
+    "(For an image classifier's or a multi-task model's run: 'moe eval RUN --help' shows its\n"
+    "options.)\n"
     "\n"
     "Validation loss and perplexity of a trained model, overall and per domain. CHECKPOINT is\n"
     "a checkpoint file or a run directory. The text is the model's training corpus (or\n"

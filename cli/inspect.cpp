@@ -19,7 +19,8 @@ namespace {
 const char* kUsage =
     "usage: moe inspect CHECKPOINT [options]\n"
     "\n"
-    "(For an image classifier's run: 'moe inspect RUN --help' shows its options.)\n"
+    "(For an image classifier's or a multi-task model's run: 'moe inspect RUN --help' shows\n"
+    "its options.)\n"
     "\n"
     "Routing report of a trained MoE model on its validation text: per-layer expert load,\n"
     "a domain-by-expert usage matrix (each row: where that domain's tokens went, as shares\n"
