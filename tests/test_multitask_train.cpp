@@ -296,6 +296,23 @@ TEST(MultitaskConfig, ErrorsNameTheKey) {
     fs::remove_all(dir);
 }
 
+// train.threads defaults to 1 for multi-task models (docs/multitask.md says why); a value in
+// the config or from --set is kept.
+TEST(MultitaskConfig, OneThreadUnlessTheConfigSaysOtherwise) {
+    const fs::path dir = temp_dir("threads");
+    nlohmann::json j = config(dir, "mmoe").doc();
+    j["train"].erase("threads");
+    io::Config without(j.dump(), "test");
+    EXPECT_EQ(tabular::read_multitask_train_config(without).train.threads, 1);
+    io::Config with(j.dump(), "test");
+    with.set("train.threads=2");
+    EXPECT_EQ(tabular::read_multitask_train_config(with).train.threads, 2);
+    io::Config zero(j.dump(), "test");
+    zero.set("train.threads=0");
+    EXPECT_EQ(tabular::read_multitask_train_config(zero).train.threads, 0);
+    fs::remove_all(dir);
+}
+
 TEST(MultitaskData, MissingFileAndColumnAreNamed) {
     const fs::path dir = temp_dir("data");
     write_data(dir);

@@ -22,7 +22,16 @@ MultitaskTrainConfig read_multitask_train_config(io::Config& cfg) {
     m.tower_hidden = cfg.get<int64_t>("model.tower_hidden", m.tower_hidden);
     m.init_std = cfg.get<double>("model.init_std", m.init_std);
 
+    // One thread unless the config says otherwise (not the Trainer's "all cores"): a step of
+    // these small models is many products of a few hundred microseconds, and each OpenMP
+    // fork/join waits for the slowest thread. 500 steps of adult_mmoe took 0.60 s on one
+    // thread and 0.55 s on two on a quiet machine, but 1.4 s against 53.7 s while other
+    // processes shared the 2 cores (docs/architecture.md).
+    const nlohmann::json& doc = cfg.doc();
+    const bool threads_given =
+        doc.contains("train") && doc["train"].is_object() && doc["train"].contains("threads");
     c.train = train::read_train_options(cfg);
+    if (!threads_given) c.train.threads = 1;
 
     auto& d = c.data;
     d.train = cfg.get<std::string>("data.train", d.train);
